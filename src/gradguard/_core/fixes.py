@@ -1,0 +1,85 @@
+"""Concrete fixes, written in the user's own names when the source line allows it."""
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+from gradguard._conflict import Frame
+
+_NAME = r"[A-Za-z_][\w\.]*(?:\[[^\]]*\])?"
+
+
+def _strip_comment(src: str) -> str:
+    return src.split("#", 1)[0].strip()
+
+
+def for_write(op: str, site: Optional[Frame], *, via_optimizer: bool, alias: Optional[str],
+              backward_source: Optional[str], saver_op: Optional[str]) -> str:
+    """One sentence telling the user what to write instead."""
+    src = _strip_comment(site.source) if site else ""
+    if via_optimizer:
+        opt = re.search(rf"({_NAME})\.step\(", src)
+        loss = re.search(rf"({_NAME})\.backward\(", backward_source or "")
+        step = f"`{opt.group(1)}.step()`" if opt else "the optimizer step"
+        if loss:
+            return (f"call `{loss.group(1)}.backward()` before {step}, or recompute "
+                    f"`{loss.group(1)}` after it: the step updated parameters that "
+                    f"`{loss.group(1)}`'s graph saved")
+        return (f"run the backward that needs these parameters before {step}, or redo "
+                "the forward after the step")
+    if alias == ".data" or ".data" in src:
+        return ("do not write through `.data` (it hides the write from autograd): do the "
+                "update after `backward()` under `with torch.no_grad():` on the tensor "
+                "itself, or clone before writing")
+    if op in _AUG_SYMBOLS:
+        m = re.match(rf"({_NAME})\s*{re.escape(op)}\s*(.+)$", src)
+        if m:
+            x, rhs = m.group(1), m.group(2)
+            return f"write `{x} = {x} {op[:-1]} {rhs}` instead of `{x} {op} {rhs}`"
+        return f"use the out-of-place form (`x = x {op[:-1]} y`) instead of `x {op} y`"
+    if "inplace=True" in src:
+        return ("drop `inplace=True` on this line: the in-place activation overwrote a "
+                "tensor that " + (f"`{saver_op}`" if saver_op else "an earlier op")
+                + " saved for backward")
+    if op.endswith("__setitem__"):
+        m = re.match(rf"({_NAME}?)\[", src)
+        x = m.group(1) if m else "x"
+        return (f"clone before writing (`{x} = {x}.clone()` on the line before), or build "
+                f"the result out of place (e.g. `torch.where`, `{x}.index_put(...)`)")
+    if op.endswith("(out=)"):
+        return "drop `out=` and assign the result to a new tensor"
+    method = op.rsplit(".", 1)[-1]
+    if method.endswith("_") and not method.startswith("_"):
+        plain = method[:-1]
+        m = re.search(rf"({_NAME})\.{re.escape(method)}\((.*)\)", src)
+        if m:
+            x, args = m.group(1), m.group(2)
+            return f"write `{x} = {x}.{plain}({args})` instead of `{x}.{method}({args})`"
+        if src and site is not None and method in _ACTIVATIONS:
+            return (f"this line runs an in-place `{method}` (probably a module built with "
+                    "`inplace=True`): construct it without `inplace=True`")
+        return f"use the out-of-place `{plain}` (assign its result), or clone the tensor first"
+    return "clone the tensor before writing into it (`x = x.clone()`), or write out of place"
+
+
+_AUG_SYMBOLS = {"+=", "-=", "*=", "/=", "//=", "%=", "**=", "&=", "|=", "^=", "<<=", ">>="}
+_ACTIVATIONS = {
+    "relu_", "relu6_", "leaky_relu_", "elu_", "selu_", "celu_", "gelu_", "silu_", "mish_",
+    "hardtanh_", "hardswish_", "hardsigmoid_", "threshold_", "rrelu_", "sigmoid_", "tanh_",
+    "dropout_", "feature_dropout_", "alpha_dropout_", "feature_alpha_dropout_",
+}
+
+LEAF_FIX = (
+    "a leaf that requires grad (a parameter or an input) must not be written in place "
+    "while autograd tracks it: write out of place (`x = x + y` makes a new tensor), or, "
+    "for a deliberate update such as a parameter step, do it under `with torch.no_grad():`"
+)
+MULTI_VIEW_FIX = (
+    "clone the piece before writing (`a = a.clone()`), or compute the new value out of "
+    "place: outputs of split/chunk/unbind share one backward node and cannot be modified "
+    "in place"
+)
+INFERENCE_FIX = (
+    "clone the tensor outside inference mode before writing (`t = t.clone()`), or create "
+    "it under `torch.no_grad()` instead of `torch.inference_mode()`"
+)

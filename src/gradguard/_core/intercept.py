@@ -1,0 +1,255 @@
+"""Write interception: every Python-reachable entry point that writes a tensor in place.
+
+Why patching and not a ``TorchFunctionMode``: a mode runs Python on *every* torch call
+(measured 1.07x-1.23x for an empty ``TorchDispatchMode``), while in-place writes are a
+small fraction of calls. Patching only the writing entry points costs nothing on the
+others, sees writes made inside torch's own Python code (optimizers' ``_foreach_*_``,
+``F.embedding``'s ``embedding_renorm_``, ``F.relu(inplace=True)``'s ``torch.relu_``) and
+works on every thread. Writes made from C++ (e.g. batch norm's running stats) are not
+seen here; the version re-check at unpack is the net for those.
+
+Patches are installed while at least one gradguard session is active and removed after
+the last one exits, restoring the exact original attributes.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+
+_MISSING = object()
+
+# In-place Tensor methods that do not write tensor data or metadata.
+_NOT_WRITES = frozenset({
+    "requires_grad_", "share_memory_", "_dtensor__new__", "detach_", "_coalesced_",
+    "retain_grad", "record_stream",
+})
+# In-place ops that replace metadata or storage rather than bytes: count as whole writes.
+_METADATA_WRITES = frozenset({
+    "set_", "resize_", "resize_as_", "as_strided_", "squeeze_", "unsqueeze_", "t_",
+    "transpose_", "swapaxes_", "swapdims_", "sparse_resize_", "sparse_resize_and_clear_",
+    "resize_as_sparse_", "_resize_output_",
+})
+_AUGMENTED = {
+    "__iadd__": "+=", "__isub__": "-=", "__imul__": "*=", "__itruediv__": "/=",
+    "__idiv__": "/=", "__ifloordiv__": "//=", "__imod__": "%=", "__ipow__": "**=",
+    "__iand__": "&=", "__ior__": "|=", "__ixor__": "^=", "__ilshift__": "<<=",
+    "__irshift__": ">>=",
+}
+
+
+class _State(threading.local):
+    busy = False  # inside gradguard's own bookkeeping: do not intercept our own writes
+
+
+state = _State()
+
+# The object told about writes: set by install(), see `gradguard._core.runtime.Runtime`.
+_listener: Any = None
+_installed: list[tuple[Any, str, Any]] = []  # (owner, attribute, original or _MISSING)
+_lock = threading.Lock()
+
+
+def _targets_first(args: tuple, kwargs: dict) -> Iterable[torch.Tensor]:
+    if args:
+        t = args[0]
+    else:
+        t = kwargs.get("input", kwargs.get("self"))
+    return (t,) if isinstance(t, torch.Tensor) else ()
+
+
+def _targets_list(args: tuple, kwargs: dict) -> Iterable[torch.Tensor]:
+    seq = args[0] if args else kwargs.get("self", ())
+    return [t for t in seq if isinstance(t, torch.Tensor)]
+
+
+def _targets_out(args: tuple, kwargs: dict) -> Iterable[torch.Tensor]:
+    out = kwargs.get("out")
+    if isinstance(out, torch.Tensor):
+        return (out,)
+    if isinstance(out, (tuple, list)):
+        return [t for t in out if isinstance(t, torch.Tensor)]
+    return ()
+
+
+def _make_wrapper(orig: Callable, op: str, targets: Callable, whole: bool) -> Callable:
+    def gradguard_write(*args: Any, **kwargs: Any) -> Any:
+        listener = _listener
+        if listener is None or state.busy or torch.compiler.is_compiling():
+            return orig(*args, **kwargs)
+        token = listener.before_write(op, targets(args, kwargs), whole)
+        try:
+            return orig(*args, **kwargs)
+        except RuntimeError as exc:
+            listener.write_failed(token, op, exc, args)
+            raise
+
+    gradguard_write.__wrapped__ = orig  # type: ignore[attr-defined]
+    gradguard_write.__name__ = getattr(orig, "__name__", op)
+    gradguard_write.__doc__ = getattr(orig, "__doc__", None)
+    return gradguard_write
+
+
+def _make_out_wrapper(orig: Callable, op: str) -> Callable:
+    def gradguard_out(*args: Any, **kwargs: Any) -> Any:
+        if "out" not in kwargs:
+            return orig(*args, **kwargs)
+        listener = _listener
+        if listener is None or state.busy or torch.compiler.is_compiling():
+            return orig(*args, **kwargs)
+        token = listener.before_write(op, _targets_out(args, kwargs), False)
+        try:
+            return orig(*args, **kwargs)
+        except RuntimeError as exc:
+            listener.write_failed(token, op, exc, args)
+            raise
+
+    gradguard_out.__wrapped__ = orig  # type: ignore[attr-defined]
+    gradguard_out.__name__ = getattr(orig, "__name__", op)
+    gradguard_out.__doc__ = getattr(orig, "__doc__", None)
+    return gradguard_out
+
+
+def _data_setter_wrapper() -> property:
+    getter = torch._C.TensorBase.data.__get__
+    setter = torch._C.TensorBase.data.__set__
+
+    def set_data(self: torch.Tensor, value: torch.Tensor) -> None:
+        listener = _listener
+        if listener is None or state.busy or torch.compiler.is_compiling():
+            return setter(self, value)
+        token = listener.before_write("Tensor.data (assignment)", (self,), True)
+        try:
+            setter(self, value)
+        except RuntimeError as exc:
+            listener.write_failed(token, "Tensor.data (assignment)", exc, (self,))
+            raise
+
+    return property(getter, set_data, doc=torch._C.TensorBase.data.__doc__)
+
+
+def _out_capable_functions() -> list[str]:
+    """Public ``torch.*`` functions with an overload taking ``out=``."""
+    names = []
+    for name in dir(torch._C._VariableFunctions):
+        if name.startswith("_") or name.endswith("_"):
+            continue
+        try:
+            schemas = torch._C._jit_get_schemas_for_operator("aten::" + name)
+        except RuntimeError:
+            continue
+        if any(a.name == "out" and a.kwarg_only for s in schemas for a in s.arguments):
+            if callable(getattr(torch, name, None)):
+                names.append(name)
+    return names
+
+
+def _plan() -> list[tuple[Any, str, Callable]]:
+    """(owner, attribute, replacement) for every entry point to patch."""
+    plan: list[tuple[Any, str, Callable]] = []
+    originals: dict[int, Callable] = {}  # id(original) -> wrapper, to patch re-exports too
+
+    def add(owner: Any, name: str, op: str, targets: Callable, whole: bool) -> None:
+        orig = getattr(owner, name, None)
+        if orig is None:
+            return
+        wrapper = originals.get(id(orig))
+        if wrapper is None:
+            wrapper = originals[id(orig)] = _make_wrapper(orig, op, targets, whole)
+        plan.append((owner, name, wrapper))
+
+    tensor = torch.Tensor
+    for name in dir(tensor):
+        if name.endswith("_") and not name.startswith("__") and name not in _NOT_WRITES:
+            add(tensor, name, f"Tensor.{name}", _targets_first, name in _METADATA_WRITES)
+    for name, sym in _AUGMENTED.items():
+        if hasattr(tensor, name):
+            add(tensor, name, sym, _targets_first, False)
+    add(tensor, "__setitem__", "Tensor.__setitem__", _targets_first, False)
+
+    for name in dir(torch):
+        if not name.endswith("_") or name.startswith("__") or name in _NOT_WRITES:
+            continue
+        if not callable(getattr(torch, name)) or name.startswith("_sobol"):
+            continue
+        targets = _targets_list if name.startswith(("_foreach_", "_fused_", "_amp_foreach")) else _targets_first
+        add(torch, name, f"torch.{name}", targets, name in _METADATA_WRITES)
+    vf = torch._VF
+    for name in ("dropout_", "feature_dropout_", "alpha_dropout_", "feature_alpha_dropout_",
+                 "threshold_", "celu_", "selu_", "rrelu_"):
+        if hasattr(torch._C._VariableFunctions, name):
+            add(vf, name, f"torch.{name}", _targets_first, False)
+    for name in dir(torch._C._nn):
+        if name.endswith("_") and not name.startswith("_"):
+            add(torch._C._nn, name, f"torch._C._nn.{name}", _targets_first, False)
+    # torch.nn.functional re-exports some of the above (F.relu_ is torch.relu_).
+    import torch.nn.functional as F
+
+    for name in dir(F):
+        obj = getattr(F, name)
+        wrapper = originals.get(id(obj))
+        if wrapper is not None:
+            plan.append((F, name, wrapper))
+
+    for name in _out_capable_functions():
+        orig = getattr(torch, name)
+        if id(orig) in originals:
+            continue
+        wrapper = originals[id(orig)] = _make_out_wrapper(orig, f"torch.{name}(out=)")
+        plan.append((torch, name, wrapper))
+    return plan
+
+
+_PLAN: Optional[list[tuple[Any, str, Callable]]] = None
+
+
+def install(listener: Any) -> None:
+    """Patch every write entry point; `listener.before_write`/`write_failed` get told."""
+    global _listener, _PLAN
+    with _lock:
+        if _installed:
+            _listener = listener
+            return
+        if _PLAN is None:
+            _PLAN = _plan()
+        for owner, name, wrapper in _PLAN:
+            _installed.append((owner, name, owner.__dict__.get(name, _MISSING)))
+            setattr(owner, name, wrapper)
+        _installed.append((torch.Tensor, "data", torch.Tensor.__dict__.get("data", _MISSING)))
+        torch.Tensor.data = _data_setter_wrapper()  # type: ignore[misc]
+        _register_for_torchscript(_PLAN)
+        _listener = listener
+
+
+def uninstall() -> None:
+    global _listener
+    with _lock:
+        _listener = None
+        while _installed:
+            owner, name, orig = _installed.pop()
+            if orig is _MISSING:
+                try:
+                    delattr(owner, name)
+                except AttributeError:
+                    pass
+            else:
+                setattr(owner, name, orig)
+
+
+def installed() -> bool:
+    return bool(_installed)
+
+
+def _register_for_torchscript(plan: list[tuple[Any, str, Callable]]) -> None:
+    """TorchScript resolves ``torch.relu_`` by identity in its builtin table; teach it our
+    wrappers so scripting a function while gradguard is active still works."""
+    try:
+        from torch.jit import _builtins
+    except ImportError:  # pragma: no cover
+        return
+    table = _builtins._get_builtin_table()
+    for owner, name, wrapper in plan:
+        orig = getattr(wrapper, "__wrapped__", None)
+        if orig is not None and id(orig) in table:
+            table[id(wrapper)] = table[id(orig)]

@@ -1,0 +1,151 @@
+"""The registry of live saved tensors, indexed by storage.
+
+A `SavedRecord` is what our pack hook hands to autograd, so autograd owns it: it lives
+exactly as long as the graph node that saved the tensor, and dies when the graph is
+freed (backward without ``retain_graph``, or the graph going out of scope). The registry
+itself only holds weak references, so it never keeps a tensor alive.
+
+Writes look up the records that share the written storage; aliasing is decided by
+storage and byte range, never by ``data_ptr()`` equality or version counters alone.
+"""
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any, Iterator, Optional
+
+import torch
+
+from gradguard._core.sites import RawStack
+
+
+class WriteRecord:
+    """One intercepted in-place write (no tensors held: only where and what)."""
+
+    __slots__ = ("op", "stack", "entry", "alias", "start", "end", "whole")
+
+    def __init__(self, op: str, stack: RawStack, entry, alias: Optional[str],
+                 start: int, end: int, whole: bool) -> None:
+        self.op = op
+        self.stack = stack
+        self.entry = entry
+        self.alias = alias
+        self.start = start  # written byte range in the storage, [start, end)
+        self.end = end
+        self.whole = whole  # metadata writes (set_, .data =, resize_) count as whole-tensor
+
+
+class SavedRecord:
+    """A tensor autograd saved for backward, as our pack hook saw it."""
+
+    __slots__ = (
+        "tensor", "version", "key", "owner", "stack", "kind", "label", "writes",
+        "checksum", "producer", "tensor_type", "__weakref__",
+    )
+
+    def __init__(self, tensor: torch.Tensor, version: int, key: Optional[int], owner: Any,
+                 stack: RawStack, kind: str = "saved", label: Optional[str] = None) -> None:
+        self.tensor = tensor
+        self.version = version
+        self.key = key
+        self.owner = owner  # the session that saved it
+        self.stack = stack
+        self.kind = kind  # "saved" | "ctx" | "checkpoint"
+        self.label = label  # e.g. the autograd.Function name for ctx attributes
+        self.writes: Optional[list[tuple[WriteRecord, bool]]] = None  # (write, overlaps?)
+        self.checksum: Optional[int] = None
+        self.producer: Optional[type] = None
+        self.tensor_type: Optional[type] = None
+
+
+def storage_key(t: torch.Tensor) -> Optional[int]:
+    """Identity of the storage under ``t`` (its base address), or None when it has none."""
+    try:
+        ptr = t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError, TypeError):
+        return None  # sparse, nested, meta-less subclasses: no single storage
+    return ptr or None
+
+
+def byte_range(t: torch.Tensor) -> tuple[int, int]:
+    """[start, end) bytes of its storage that ``t`` can address."""
+    item = t.element_size()
+    start = t.storage_offset() * item
+    if t.numel() == 0:
+        return start, start
+    extent = 1 + sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride()))
+    return start, start + extent * item
+
+
+_EXACT_LIMIT = 1 << 24  # elements; past this, interval overlap is taken as overlap
+
+
+def overlaps(saved: torch.Tensor, start: int, end: int, written: Optional[torch.Tensor]) -> bool:
+    """Whether the write touches bytes of ``saved``. Intervals first; for strided tensors
+    whose intervals interleave (e.g. two columns of one matrix) the exact element sets."""
+    s_start, s_end = byte_range(saved)
+    if s_start >= end or start >= s_end or s_start == s_end or start == end:
+        return False
+    if written is None or (saved.is_contiguous() and written.is_contiguous()):
+        return True
+    item = saved.element_size()
+    if written.element_size() != item or s_start % item or start % item:
+        return True
+    lo, hi = min(s_start, start) // item, max(s_end, end) // item
+    if hi - lo > _EXACT_LIMIT:
+        return True
+    with torch.no_grad():
+        mask = torch.zeros(hi - lo, dtype=torch.bool)
+        mask.as_strided(saved.shape, saved.stride(), saved.storage_offset() - lo).fill_(True)
+        hit = mask.as_strided(written.shape, written.stride(), written.storage_offset() - lo)
+        return bool(hit.any())
+
+
+class Registry:
+    """Live saved records by storage key. Thread-safe: unpack and graph teardown run on
+    autograd worker threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_storage: dict[int, set[weakref.ref]] = {}
+        self._key_of: dict[weakref.ref, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._key_of)
+
+    def add(self, rec: SavedRecord) -> None:
+        key = rec.key
+        ref = weakref.ref(rec, self._discard)
+        with self._lock:
+            bucket = self._by_storage.get(key)
+            if bucket is None:
+                bucket = self._by_storage[key] = set()
+            bucket.add(ref)
+            self._key_of[ref] = key
+
+    def _discard(self, ref: weakref.ref) -> None:
+        with self._lock:
+            key = self._key_of.pop(ref, None)
+            if key is None:
+                return
+            bucket = self._by_storage.get(key)
+            if bucket is not None:
+                bucket.discard(ref)
+                if not bucket:
+                    del self._by_storage[key]
+
+    def on_storage(self, key: int) -> Iterator[SavedRecord]:
+        with self._lock:
+            refs = list(self._by_storage.get(key, ()))
+        for ref in refs:
+            rec = ref()
+            if rec is not None:
+                yield rec
+
+    def has_storage(self, key: int) -> bool:
+        return key in self._by_storage
+
+    def records(self) -> list[SavedRecord]:
+        with self._lock:
+            refs = list(self._key_of)
+        return [r for r in (ref() for ref in refs) if r is not None]

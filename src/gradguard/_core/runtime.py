@@ -1,0 +1,183 @@
+"""The process-wide runtime shared by every gradguard session.
+
+One registry of live saved tensors, one set of write patches, and the stack of active
+sessions. Sessions come and go; the patches stay installed while any is active.
+"""
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, Iterable, Optional
+
+import torch
+
+from gradguard._core import intercept, sites
+from gradguard._core.registry import (
+    Registry, SavedRecord, WriteRecord, byte_range, overlaps, storage_key,
+)
+
+if TYPE_CHECKING:
+    from gradguard._detect import DetectSession
+
+# PyTorch's in-place errors raised at the write itself, and our kind for each.
+WRITE_ERRORS = (
+    ("a view of a leaf Variable that requires grad is being used in an in-place",
+     "leaf-view-inplace"),
+    ("a leaf Variable that requires grad is being used in an in-place", "leaf-inplace"),
+    ("This view is the output of a function that returns multiple views",
+     "multi-output-view-inplace"),
+    ("Inplace update to inference tensor outside InferenceMode", "inference-tensor-inplace"),
+)
+
+
+class Runtime:
+    def __init__(self) -> None:
+        self.registry = Registry()
+        self._lock = threading.RLock()
+        self.sessions: list["DetectSession"] = []  # active sessions, in entry order
+        self.eager_sessions = 0
+
+    # -- sessions -----------------------------------------------------------------
+    def acquire(self, session: "DetectSession") -> None:
+        with self._lock:
+            self.sessions.append(session)
+            if session.eager:
+                self.eager_sessions += 1
+            if len(self.sessions) == 1:
+                intercept.install(self)
+                _patch_extras()
+
+    def release(self, session: "DetectSession") -> None:
+        with self._lock:
+            for i in range(len(self.sessions) - 1, -1, -1):
+                if self.sessions[i] is session:
+                    del self.sessions[i]
+                    break
+            if session.eager:
+                self.eager_sessions -= 1
+            if not self.sessions:
+                intercept.uninstall()
+                _unpatch_extras()
+
+    def innermost(self) -> Optional["DetectSession"]:
+        sessions = self.sessions
+        return sessions[-1] if sessions else None
+
+    # -- writes -------------------------------------------------------------------
+    def before_write(self, op: str, tensors: Iterable[torch.Tensor], whole: bool) -> Any:
+        """Called just before an intercepted write executes. Returns an undo token."""
+        registry = self.registry
+        if not registry._by_storage:
+            return None
+        touched: Optional[list] = None
+        write: Optional[WriteRecord] = None
+        for t in tensors:
+            key = storage_key(t)
+            if key is None or not registry.has_storage(key):
+                continue
+            records = list(registry.on_storage(key))
+            if not records:
+                continue
+            start, end = byte_range(t)
+            if write is None:
+                stack, entry = sites.capture(skip=3)
+                write = WriteRecord(op, stack, entry, None, start, end, whole)
+            else:
+                write = WriteRecord(op, write.stack, write.entry, None, start, end, whole)
+            intercept.state.busy = True
+            try:
+                for rec in records:
+                    hit = whole or overlaps(rec.tensor, start, end, t)
+                    if rec.writes is None:
+                        rec.writes = []
+                    rec.writes.append((write, hit))
+                    if touched is None:
+                        touched = []
+                    touched.append(rec)
+            finally:
+                intercept.state.busy = False
+            if self.eager_sessions:
+                for rec in records:
+                    if rec.owner.eager and rec.writes and rec.writes[-1][1]:
+                        rec.owner.confirm(rec, pending=rec.writes[-1][0])
+        return touched
+
+    def write_failed(self, token: Any, op: str, exc: Optional[BaseException], args: tuple) -> None:
+        """The write did not happen (it raised): forget it, and explain PyTorch's error."""
+        if token:
+            for rec in token:
+                if rec.writes:
+                    rec.writes.pop()
+        if exc is None:
+            return
+        message = str(exc)
+        for needle, kind in WRITE_ERRORS:
+            if needle in message:
+                session = self.innermost()
+                if session is not None:
+                    session.explain_write_error(kind, op, exc, args)
+                return
+
+
+runtime = Runtime()
+
+
+# -- torch.utils.checkpoint, autograd.Function ctx, other saved-tensor hooks --------------
+_extras: list[tuple[Any, str, Any]] = []
+
+
+def _patch_extras() -> None:
+    import torch.utils.checkpoint as cp
+    from torch.autograd import function as autograd_function
+    from torch.autograd import graph
+
+    orig_gen = cp._checkpoint_without_reentrant_generator
+
+    def checkpoint_generator(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        session = runtime.innermost()
+        if session is None:
+            return orig_gen(fn, *args, **kwargs)
+        checked = session.track_checkpoint(fn, args, kwargs)
+        return orig_gen(checked, *args, **kwargs)
+
+    orig_apply = autograd_function.Function.__dict__["apply"]
+
+    def apply(cls, *args, **kwargs):  # type: ignore[no-untyped-def]
+        out = orig_apply.__func__(cls, *args, **kwargs)
+        session = runtime.innermost()
+        if session is not None and torch.is_grad_enabled():
+            session.track_ctx(cls, out)
+        return out
+
+    orig_enter = graph.saved_tensors_hooks.__enter__
+
+    def hooks_enter(self):  # type: ignore[no-untyped-def]
+        session = runtime.innermost()
+        if session is not None:
+            session.note_foreign_hooks(self)
+        return orig_enter(self)
+
+    for owner, name, value in (
+        (cp, "_checkpoint_without_reentrant_generator", checkpoint_generator),
+        (autograd_function.Function, "apply", classmethod(apply)),
+        (graph.saved_tensors_hooks, "__enter__", hooks_enter),
+    ):
+        _extras.append((owner, name, owner.__dict__[name]))
+        setattr(owner, name, value)
+
+
+def _unpatch_extras() -> None:
+    while _extras:
+        owner, name, orig = _extras.pop()
+        setattr(owner, name, orig)
+
+
+def new_record(t: torch.Tensor, owner: Any, kind: str, label: Optional[str], skip: int) -> SavedRecord:
+    """Register ``t`` as saved: for the ctx-attribute and checkpoint-input paths."""
+    stack, _ = sites.capture(skip=skip)
+    rec = SavedRecord(t if t.is_leaf else t.detach(), t._version, storage_key(t), owner, stack,
+                      kind, label)
+    rec.producer = type(t.grad_fn) if t.grad_fn is not None else None
+    rec.tensor_type = type(t)
+    if rec.key is not None:
+        runtime.registry.add(rec)
+    return rec

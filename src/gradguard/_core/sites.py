@@ -1,0 +1,86 @@
+"""Attributing work to source lines.
+
+Stacks are captured as tuples of ``(code object, line number)`` pairs: cheap to take
+on the hot path (one per saved tensor and per intercepted write), and holding no frame,
+so no local variable -- no tensor -- is kept alive by a recorded stack. They are turned
+into readable `Frame`s only when a report is written.
+"""
+from __future__ import annotations
+
+import linecache
+import os
+import sys
+from types import CodeType
+from typing import Optional, Tuple
+
+import torch
+
+from gradguard._conflict import Frame
+
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+_GRADGUARD_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_INTERNAL_DIRS = (_TORCH_DIR, _GRADGUARD_DIR)
+
+# code object -> is it torch's or gradguard's own code? Filled lazily; code objects are
+# few and long-lived, so the cache stays small.
+_internal_code: dict = {}
+
+RawStack = Tuple[Tuple[CodeType, int], ...]
+
+MAX_STACK = 32
+
+
+def is_internal_file(filename: str) -> bool:
+    return os.path.abspath(filename).startswith(_INTERNAL_DIRS)
+
+
+def _is_internal(code: CodeType) -> bool:
+    hit = _internal_code.get(code)
+    if hit is None:
+        hit = _internal_code[code] = is_internal_file(code.co_filename)
+    return hit
+
+
+def capture(skip: int = 1, limit: int = MAX_STACK) -> Tuple[RawStack, Optional[CodeType]]:
+    """User frames (outside torch and gradguard), innermost first, and the torch
+    function the innermost user frame called into (e.g. ``Optimizer.step``'s wrapper)."""
+    frame = sys._getframe(skip)
+    frames = []
+    entry: Optional[CodeType] = None
+    internal = _internal_code
+    while frame is not None:
+        code = frame.f_code
+        hit = internal.get(code)
+        if hit is None:
+            hit = _is_internal(code)
+        if hit:
+            if not frames:
+                entry = code
+        else:
+            frames.append((code, frame.f_lineno))
+            if len(frames) >= limit:
+                break
+        frame = frame.f_back
+    return tuple(frames), entry
+
+
+def resolve(stack: RawStack) -> list[Frame]:
+    out = []
+    for code, line in stack:
+        filename = os.path.abspath(code.co_filename)
+        source = linecache.getline(code.co_filename, line).strip()
+        out.append(Frame(filename, line, getattr(code, "co_qualname", code.co_name), source))
+    return out
+
+
+def innermost_user_frame(skip: int = 1):
+    """The innermost live frame outside torch and gradguard (or None), e.g. the line that
+    called ``loss.backward()`` when asked from inside a saved-tensor unpack hook."""
+    frame = sys._getframe(skip)
+    while frame is not None and _is_internal(frame.f_code):
+        frame = frame.f_back
+    return frame
+
+
+def is_optimizer_entry(code: Optional[CodeType]) -> bool:
+    return code is not None and os.sep + "optim" + os.sep in code.co_filename

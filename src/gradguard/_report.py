@@ -1,0 +1,95 @@
+"""Rendering conflicts: text (AddressSanitizer-style fixed sections) and JSON.
+
+Text layout, in fixed order: headline (kind and code), WRITE (op and user frames with
+source), SAVED (backward node, forward op, user frames), TENSOR (compact description and
+where it came from), ALIASING (written vs saved byte ranges), FIX, then one greppable
+``SUMMARY: gradguard: <kind> <file>:<line> in <func> (<op>)`` line. Tensors are described,
+never printed; no addresses or timings appear, so reports are stable across runs.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+from gradguard._conflict import Conflict, Frame
+
+SCHEMA_VERSION = 1
+
+_RED, _BOLD, _DIM, _GREEN, _RESET = "\033[31m", "\033[1m", "\033[2m", "\033[32m", "\033[0m"
+
+
+def _frames(stack: Sequence[Frame], limit: int = 8) -> list[str]:
+    lines = []
+    for i, f in enumerate(stack[:limit]):
+        lines.append(f"    #{i} {f.file}:{f.line} in {f.function}")
+        if f.source:
+            lines.append(f"         {f.source}")
+    if len(stack) > limit:
+        lines.append(f"    ... {len(stack) - limit} more frames")
+    if not stack:
+        lines.append("    (no user frames)")
+    return lines
+
+
+def render_conflict(c: Conflict, color: bool = False) -> str:
+    red, bold, dim, green, reset = (_RED, _BOLD, _DIM, _GREEN, _RESET) if color else ("",) * 5
+    out = [f"{red}{bold}==== gradguard: {c.kind} [{c.code}]{reset}", f"{bold}{c.title}{reset}"]
+    if c.detail:
+        out.append(c.detail)
+    if c.repaired:
+        out.append(f"{green}repaired: gradguard.protect kept the saved bytes{reset}")
+    if c.write is not None:
+        extra = []
+        if c.write.via:
+            extra.append(f"inside {c.write.via}")
+        if c.write.alias:
+            extra.append(f"through {c.write.alias}")
+        out.append("")
+        out.append(f"{bold}WRITE{reset} {c.write.op}" + (f"  ({', '.join(extra)})" if extra else ""))
+        out.extend(_frames(c.write.stack))
+    if c.saved is not None:
+        out.append("")
+        by = c.saved.op or "?"
+        node = f" for backward node {c.saved.node}" if c.saved.node else ""
+        out.append(f"{bold}SAVED{reset} by {by}{node}")
+        out.extend(_frames(c.saved.stack))
+    if c.tensor is not None:
+        t = c.tensor
+        desc = t.short()
+        if t.name:
+            desc = f"{t.name} ({'parameter' if t.is_parameter else 'tensor'}) {desc}"
+        if t.produced_by:
+            desc += f", produced by {t.produced_by}"
+        out.append("")
+        out.append(f"{bold}TENSOR{reset} {desc}")
+    if c.aliasing.get("written_bytes") is not None:
+        w, s = c.aliasing["written_bytes"], c.aliasing["saved_bytes"]
+        how = "overlaps" if c.overlap else "does not overlap"
+        out.append(f"{bold}ALIASING{reset} same storage: written bytes [{w[0]}, {w[1]}) {how} "
+                   f"saved bytes [{s[0]}, {s[1]})"
+                   + ("" if c.overlap else
+                      "; PyTorch still rejects it, since views share one version counter"))
+    out.append("")
+    out.append(f"{bold}FIX{reset} {c.fix}")
+    out.append("")
+    out.append(f"{dim}SUMMARY: gradguard: {c.summary()}{reset}")
+    return "\n".join(out)
+
+
+def render_text(conflicts: Iterable[Conflict], gaps: Iterable[str] = (), color: bool = False) -> str:
+    parts = [render_conflict(c, color) for c in conflicts]
+    gaps = list(gaps)
+    if gaps:
+        parts.append("gradguard: coverage gaps:\n" + "\n".join(f"  - {g}" for g in gaps))
+    return "\n\n".join(parts)
+
+
+def to_dict(conflicts: Sequence[Conflict], gaps: Sequence[str] = ()) -> dict[str, Any]:
+    by_kind: dict[str, int] = {}
+    for c in conflicts:
+        by_kind[c.kind] = by_kind.get(c.kind, 0) + 1
+    return {
+        "version": SCHEMA_VERSION,
+        "conflicts": [c.to_dict() for c in conflicts],
+        "coverage_gaps": list(gaps),
+        "summary": {"conflicts": len(conflicts), "by_kind": by_kind},
+    }
