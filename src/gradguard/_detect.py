@@ -12,6 +12,7 @@ PyTorch rejects is still rejected, with a better message.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import sys
 import threading
@@ -20,6 +21,7 @@ import zlib
 from typing import Any, Callable, Literal, Optional, TypeVar, overload
 
 import torch
+import torch.utils.checkpoint
 
 from gradguard._core import fixes, sites
 from gradguard._core.names import module_path
@@ -33,6 +35,8 @@ When = Literal["backward", "write"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 _CHECKPOINT_HOOKS = {"_checkpoint_hook", "_recomputation_hook"}
+_OPTIM_PATH = os.path.join("torch", "optim", "")
+_CHECKPOINT_PATH = os.path.join("torch", "utils", "checkpoint.py")
 _KIND_OF_RECORD = {
     "saved": "saved-tensor-mutated",
     "ctx": "ctx-attribute-mutated",
@@ -143,10 +147,15 @@ class DetectSession:
 
     # -- saved-tensor hooks ------------------------------------------------------------
     def _pack(self, t: torch.Tensor) -> Any:
-        stack, _ = sites.capture(2, self.max_stack)
+        stack, entry = sites.capture(2, self.max_stack)  # entry: torch code that saved
         # Leaves are held as themselves (as PyTorch does); other tensors detached, since an
         # output saved by its own node would otherwise form an uncollectable cycle.
-        rec = SavedRecord(t if t.is_leaf else t.detach(), t._version, storage_key(t), self, stack)
+        try:
+            version = t._version
+        except RuntimeError:  # inference tensors have no version counter: nothing to check
+            return t
+        rec = SavedRecord(t if t.is_leaf else t.detach(), version, storage_key(t), self, stack)
+        rec.inner = entry
         rec.producer = type(t.grad_fn)
         rec.tensor_type = type(t)
         if rec.key is not None:
@@ -183,18 +192,21 @@ class DetectSession:
         writes = [pending] if pending is not None else [w for w, _ in rec.writes or ()]
         hits = [w for w, hit in rec.writes or () if hit] if pending is None else [pending]
         write = hits[-1] if hits else (writes[-1] if writes else None)
+        if rec.kind == "saved" and sites.called_through(rec.inner, _CHECKPOINT_PATH):
+            # Non-reentrant checkpoint saves its inputs to recompute from them: a write
+            # through `.data` there silently changes the recomputed forward.
+            rec.kind, rec.label = "checkpoint", "torch.utils.checkpoint"
         kind = "saved-tensor-mutated-outside-pytorch" if outside else _KIND_OF_RECORD[rec.kind]
 
         saver_op = rec.label or _forward_op(node_name)
         saved = SavedBy(op=saver_op, node=node_name, stack=sites.resolve(rec.stack))
-        name = module_path(t)
+        name, is_param = module_path(t)
         tensor = TensorInfo(
             dtype=str(t.dtype), shape=tuple(t.shape), device=str(t.device),
             version_saved=rec.version, version_now=t._version, name=name,
             produced_by=(rec.producer.__name__
                          if rec.producer is not None and rec.producer is not type(None) else None),
-            is_parameter=rec.tensor_type is not None
-            and issubclass(rec.tensor_type, torch.nn.Parameter),
+            is_parameter=is_param,
         )
         mutation = None
         aliasing: dict[str, Any] = {}
@@ -203,7 +215,7 @@ class DetectSession:
             alias = ".data" if (hits and not moved and pending is None) else None
             mutation = Mutation(
                 op=write.op, stack=sites.resolve(write.stack),
-                via="torch.optim" if sites.is_optimizer_entry(write.entry) else None,
+                via="torch.optim" if sites.called_through(write.entry, _OPTIM_PATH) else None,
                 alias=alias,
             )
             aliasing = {
@@ -262,7 +274,9 @@ class DetectSession:
                        "own version counter, such as `.data`), so PyTorch would not notice")
         conflict = Conflict(kind=kind, write=mutation, saved=saved, tensor=tensor,
                             overlap=overlap, aliasing=aliasing, fix=fix, detail=detail)
-        fatal = moved and pending is None and rec.kind == "saved"
+        # A moved version is what stock PyTorch rejects (it checks everything saved, but
+        # not ctx attributes): reject it in every mode.
+        fatal = moved and pending is None and rec.kind != "ctx"
         self._deliver(conflict, fatal=fatal, stock_line=self._stock_line(t, rec, node_name)
                       if fatal else None)
 
@@ -303,9 +317,9 @@ class DetectSession:
         t = args[0] if args and isinstance(args[0], torch.Tensor) else None
         tensor = None
         if t is not None:
+            name, is_param = module_path(t)
             tensor = TensorInfo(dtype=str(t.dtype), shape=tuple(t.shape), device=str(t.device),
-                                version_now=t._version, name=module_path(t),
-                                is_parameter=isinstance(t, torch.nn.Parameter))
+                                name=name, is_parameter=is_param)
         if kind in ("leaf-inplace", "leaf-view-inplace"):
             specific = fixes.for_write(op, mutation.site, via_optimizer=False, alias=None,
                                        backward_source=None, saver_op=None)
@@ -330,22 +344,6 @@ class DetectSession:
             exc.add_note("\n" + render_text([conflict], ()))
 
     # -- coverage beyond save_for_backward --------------------------------------------------
-    def track_checkpoint(self, fn: Callable, args: tuple, kwargs: dict) -> Callable:
-        """Register a non-reentrant checkpoint's inputs; check them when it recomputes."""
-        tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
-        label = f"checkpoint({getattr(fn, '__qualname__', getattr(fn, '__name__', 'fn'))})"
-        records = [new_record(a, self, "checkpoint", label, skip=4) for a in tensors]
-
-        @functools.wraps(fn)
-        def recompute(*a: Any, **k: Any) -> Any:
-            for rec in records:
-                t = rec.tensor
-                if t._version != rec.version or any(hit for _, hit in rec.writes or ()):
-                    rec.owner.confirm(rec, node_name="CheckpointFunction (recompute)")
-            return fn(*a, **k)
-
-        return recompute
-
     def track_ctx(self, cls: type, out: Any) -> None:
         """Register tensors a custom autograd.Function stored as ctx attributes."""
         outs = out if isinstance(out, (tuple, list)) else (out,)
@@ -365,7 +363,7 @@ class DetectSession:
         if not found:
             return
         records = [new_record(v, self, "ctx", f"{cls.__name__}.forward (ctx.{attr})", skip=4)
-                   for attr, v in found]
+                   for attr, v in found if not v.is_inference()]
         node.__dict__["_gradguard_ctx_records"] = records
         node_name = type(node).__name__
 

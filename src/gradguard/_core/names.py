@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 
 from gradguard._core.registry import byte_range, storage_key
+from gradguard._core.sites import innermost_user_frame, is_internal_file
 
 
 def _modules() -> list[torch.nn.Module]:
@@ -23,8 +24,11 @@ def _modules() -> list[torch.nn.Module]:
 
 
 def _root_name(root: torch.nn.Module) -> str:
-    frame = sys._getframe(1)
+    frame = innermost_user_frame(1)
     while frame is not None:
+        if is_internal_file(frame.f_code.co_filename):
+            frame = frame.f_back
+            continue
         for scope in (frame.f_locals, frame.f_globals):
             for name, value in list(scope.items()):
                 if value is root and not name.startswith("_"):
@@ -33,27 +37,29 @@ def _root_name(root: torch.nn.Module) -> str:
     return type(root).__name__
 
 
-def module_path(t: torch.Tensor) -> Optional[str]:
-    """Dotted path of the parameter or buffer sharing ``t``'s bytes, or None."""
+def module_path(t: torch.Tensor) -> tuple[Optional[str], bool]:
+    """Dotted path of the parameter or buffer sharing ``t``'s bytes (or None), and whether
+    it is a parameter."""
     key = storage_key(t)
     if key is None:
-        return None
+        return None, False
     start, end = byte_range(t)
     modules = _modules()
     owner = None
     for m in modules:
-        tensors = list(m._parameters.items()) + list(m._buffers.items())
-        for local, p in tensors:
+        tensors = [(n, p, True) for n, p in m._parameters.items()]
+        tensors += [(n, b, False) for n, b in m._buffers.items()]
+        for local, p, is_param in tensors:
             if p is None or storage_key(p) != key:
                 continue
             p_start, p_end = byte_range(p)
             if p_start < end and start < p_end:
-                owner = (m, local)
+                owner = (m, local, is_param)
                 break
         if owner:
             break
     if owner is None:
-        return None
+        return None, False
     parent: dict[int, tuple[torch.nn.Module, str]] = {}
     for m in modules:
         for child_name, child in m._modules.items():
@@ -67,4 +73,4 @@ def module_path(t: torch.Tensor) -> Optional[str]:
         m, child_name = parent[id(m)]
         path.append(child_name)
     path.append(_root_name(m))
-    return ".".join(reversed(path))
+    return ".".join(reversed(path)), owner[2]

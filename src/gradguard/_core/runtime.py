@@ -121,23 +121,13 @@ class Runtime:
 runtime = Runtime()
 
 
-# -- torch.utils.checkpoint, autograd.Function ctx, other saved-tensor hooks --------------
+# -- autograd.Function ctx attributes, other saved-tensor hooks --------------
 _extras: list[tuple[Any, str, Any]] = []
 
 
 def _patch_extras() -> None:
-    import torch.utils.checkpoint as cp
     from torch.autograd import function as autograd_function
     from torch.autograd import graph
-
-    orig_gen = cp._checkpoint_without_reentrant_generator
-
-    def checkpoint_generator(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
-        session = runtime.innermost()
-        if session is None:
-            return orig_gen(fn, *args, **kwargs)
-        checked = session.track_checkpoint(fn, args, kwargs)
-        return orig_gen(checked, *args, **kwargs)
 
     orig_apply = autograd_function.Function.__dict__["apply"]
 
@@ -157,7 +147,6 @@ def _patch_extras() -> None:
         return orig_enter(self)
 
     for owner, name, value in (
-        (cp, "_checkpoint_without_reentrant_generator", checkpoint_generator),
         (autograd_function.Function, "apply", classmethod(apply)),
         (graph.saved_tensors_hooks, "__enter__", hooks_enter),
     ):

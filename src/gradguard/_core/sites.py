@@ -41,12 +41,13 @@ def _is_internal(code: CodeType) -> bool:
     return hit
 
 
-def capture(skip: int = 1, limit: int = MAX_STACK) -> Tuple[RawStack, Optional[CodeType]]:
-    """User frames (outside torch and gradguard), innermost first, and the torch
-    function the innermost user frame called into (e.g. ``Optimizer.step``'s wrapper)."""
+def capture(skip: int = 1, limit: int = MAX_STACK) -> Tuple[RawStack, Tuple[CodeType, ...]]:
+    """User frames (outside torch and gradguard), innermost first, and the torch/gradguard
+    code between them and the capture point (e.g. an optimizer's ``step``), which says
+    *how* the user's line reached the write or the save."""
     frame = sys._getframe(skip)
     frames = []
-    entry: Optional[CodeType] = None
+    inner = []
     internal = _internal_code
     while frame is not None:
         code = frame.f_code
@@ -55,13 +56,13 @@ def capture(skip: int = 1, limit: int = MAX_STACK) -> Tuple[RawStack, Optional[C
             hit = _is_internal(code)
         if hit:
             if not frames:
-                entry = code
+                inner.append(code)
         else:
             frames.append((code, frame.f_lineno))
             if len(frames) >= limit:
                 break
         frame = frame.f_back
-    return tuple(frames), entry
+    return tuple(frames), tuple(inner)
 
 
 def resolve(stack: RawStack) -> list[Frame]:
@@ -82,5 +83,7 @@ def innermost_user_frame(skip: int = 1):
     return frame
 
 
-def is_optimizer_entry(code: Optional[CodeType]) -> bool:
-    return code is not None and os.sep + "optim" + os.sep in code.co_filename
+def called_through(inner: Tuple[CodeType, ...], path_part: str) -> bool:
+    """Whether torch code whose file path contains ``path_part`` ran between the user's
+    line and the captured point."""
+    return any(path_part in code.co_filename for code in inner)

@@ -1,0 +1,17 @@
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_sessions():
+    """Every test must leave gradguard fully uninstalled: no session, no patch."""
+    yield
+    from gradguard._core import intercept
+    from gradguard._core.runtime import runtime
+
+    assert not runtime.sessions, "a gradguard session leaked out of the test"
+    assert not intercept.installed(), "write patches left installed"
