@@ -1,0 +1,190 @@
+"""``gradguard fix --from-report``: fix exactly the write sites a runtime report found.
+
+Report schema (version 1, written by ``gradguard run``)::
+
+    {"version": 1,
+     "conflicts": [{"kind", "code", "mutation": {"op", "file", "line", "function", "stack"},
+                    "saved": {...}, "tensor": {...}, "overlap", "fix"}],
+     "summary": {...}}
+
+For every conflict the statement at ``mutation.file:mutation.line`` is rewritten
+with whatever out-of-place form applies there -- the runtime already proved the
+write conflicts, so the lint rules are not consulted.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+from gradguard.errors import UsageError
+from gradguard.lint import tables as T
+from gradguard.lint.analysis import dotted
+from gradguard.lint.base import Fix, FileContext
+
+
+def load_report(path: str) -> list:
+    """(file, line, op) for each conflict, in report order, without duplicates."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except OSError as exc:
+        raise UsageError(f"cannot read report {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"report {path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("conflicts"), list):
+        raise UsageError(f"report {path} has no \"conflicts\" list (is it a `gradguard run` JSON report?)")
+    if data.get("version") != 1:
+        raise UsageError(f"report {path} has version {data.get('version')!r}; this gradguard reads version 1")
+    sites = []
+    for i, c in enumerate(data["conflicts"]):
+        m = c.get("mutation") if isinstance(c, dict) else None
+        if not isinstance(m, dict) or not isinstance(m.get("file"), str) or not isinstance(m.get("line"), int):
+            raise UsageError(f"report {path}: conflict #{i} has no mutation.file/mutation.line")
+        site = (m["file"], m["line"], str(m.get("op") or ""))
+        if site[:2] not in [s[:2] for s in sites]:
+            sites.append(site)
+    return sites
+
+
+def _innermost_statement(tree: ast.Module, line: int) -> Optional[ast.stmt]:
+    best = None
+    body = tree.body
+    while body:
+        nxt = None
+        for stmt in body:
+            if stmt.lineno <= line <= (stmt.end_lineno or stmt.lineno):
+                best = stmt
+                subs = [getattr(stmt, n, None) for n in ("body", "orelse", "finalbody")]
+                subs += [h.body for h in getattr(stmt, "handlers", [])]
+                for sub in subs:
+                    if isinstance(sub, list) and sub and isinstance(sub[0], ast.stmt) and any(
+                            s.lineno <= line <= (s.end_lineno or s.lineno) for s in sub):
+                        nxt = sub
+                break
+        body = nxt
+    return best
+
+
+def _params_and_globals(tree: ast.Module, stmt: ast.stmt) -> set:
+    """Names that are arguments of (or global in) the function containing ``stmt``."""
+    names: set = set()
+    for fn in ast.walk(tree):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) and fn.lineno <= stmt.lineno <= (fn.end_lineno or 0):
+            a = fn.args
+            names = {x.arg for x in list(getattr(a, "posonlyargs", [])) + a.args + a.kwonlyargs}
+            names |= {n for g in ast.walk(fn) if isinstance(g, (ast.Global, ast.Nonlocal)) for n in g.names}
+    return names
+
+
+def fix_for_line(ctx: FileContext, line: int) -> tuple:
+    """(Fix, None) for the write at ``line``, or (None, reason)."""
+    stmt = _innermost_statement(ctx.tree, line)
+    if stmt is None:
+        return None, "no statement at this line"
+    outer = _params_and_globals(ctx.tree, stmt)
+
+    def local(expr: ast.AST) -> bool:
+        return isinstance(expr, ast.Name) and expr.id not in outer
+
+    def is_data(expr: ast.AST) -> bool:
+        return isinstance(expr, ast.Attribute) and expr.attr == "data"
+
+    # inplace=True anywhere in the statement
+    for node in ast.walk(stmt):
+        if isinstance(node, ast.Call) and any(k.arg == "inplace" and isinstance(k.value, ast.Constant)
+                                              and k.value.value is True for k in node.keywords):
+            if isinstance(stmt, ast.Expr) and stmt.value is node and node.args:
+                return ctx.fix("drop_inplace_assign", node, local(node.args[0]), "Rewrite out of place"), None
+            return ctx.fix("drop_inplace", node, True, "Remove `inplace=True`"), None
+    if isinstance(stmt, ast.AugAssign):
+        t = stmt.target
+        if is_data(t) or (isinstance(t, ast.Subscript) and is_data(t.value)):
+            return ctx.fix("no_grad", stmt, True, "Write under torch.no_grad()"), None
+        if isinstance(t, ast.Subscript):
+            return ctx.fix("clone_before", stmt, local(t.value), "Clone before the write"), None
+        return ctx.fix("augassign", stmt, local(t), "Rewrite out of place"), None
+    if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
+        t = stmt.targets[0]
+        if is_data(t):
+            return ctx.fix("no_grad", stmt, False, "Write under torch.no_grad()"), None
+        if isinstance(t, ast.Subscript):
+            if is_data(t.value):
+                return ctx.fix("no_grad", stmt, True, "Write under torch.no_grad()"), None
+            return ctx.fix("clone_before", stmt, local(t.value), "Clone before the write"), None
+    if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call):
+        call = stmt.value
+        f = call.func
+        if isinstance(f, ast.Attribute) and f.attr in T.INPLACE_METHODS:
+            if is_data(f.value):
+                return ctx.fix("no_grad", stmt, True, "Write under torch.no_grad()"), None
+            if f.attr in T.INPLACE_WITH_TWIN and dotted(f.value):
+                return ctx.fix("out_of_place_method", call, local(f.value), "Rewrite out of place"), None
+        q = dotted(f) or ""
+        if q.rsplit(".", 1)[-1] in {n.rsplit(".", 1)[-1] for n in T.INPLACE_TORCH_FUNCS} and call.args:
+            return ctx.fix("out_of_place_func", call, local(call.args[0]), "Rewrite out of place"), None
+    # an in-place method on a temporary inside a larger expression
+    for node in ast.walk(stmt):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr in T.INPLACE_WITH_TWIN and isinstance(node.func.value, ast.Call)):
+            return ctx.fix("drop_underscore", node, True, "Use the out-of-place method"), None
+    return None, "no in-place write gradguard knows how to rewrite at this line"
+
+
+def run_from_report(args: argparse.Namespace) -> int:
+    from gradguard.lint.analysis import Facts
+    from gradguard.lint.engine import decode_source
+    from gradguard.lint.fix_cli import write_or_diff
+    from gradguard.lint.fixer import apply_fixes
+
+    if args.paths:
+        raise UsageError("--from-report takes no PATH arguments (the report names the files)")
+    sites = load_report(args.from_report)
+    by_file: dict = {}
+    for file, line, op in sites:
+        by_file.setdefault(file, []).append((line, op))
+    unsafe = bool(args.unsafe_fixes)
+    fixed = problems = 0
+    for file, lines in by_file.items():
+        path = Path(file)
+        if "site-packages" in path.parts or "dist-packages" in path.parts:
+            for line, _ in lines:
+                print(f"{file}:{line}: not fixing installed library code", file=sys.stderr)
+            problems += len(lines)
+            continue
+        try:
+            raw = path.read_bytes()
+            source = decode_source(raw)
+            tree = ast.parse(source)
+        except (OSError, UnicodeDecodeError, LookupError, SyntaxError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+            for line, _ in lines:
+                print(f"{file}:{line}: cannot fix: {reason}", file=sys.stderr)
+            problems += len(lines)
+            continue
+        ctx = FileContext(file, source, tree, Facts(), source.splitlines())
+        fixes: list = []
+        for line, op in lines:
+            fix, reason = fix_for_line(ctx, line)
+            if fix is None:
+                print(f"{file}:{line}: cannot fix{f' `{op}`' if op else ''}: {reason}", file=sys.stderr)
+                problems += 1
+            elif not fix.safe and not unsafe:
+                print(f"{file}:{line}: fix is unsafe (the written tensor may be shared); rerun with --unsafe-fixes",
+                      file=sys.stderr)
+                problems += 1
+            else:
+                fixes.append(fix)
+        outcome = apply_fixes(source, fixes)
+        for fix, reason in outcome.failed:
+            print(f"{file}:{fix.line}: cannot fix: {reason}", file=sys.stderr)
+            problems += 1
+        fixed += len(outcome.applied)
+        if outcome.source != source:
+            write_or_diff(path, file, source, outcome.source, args.diff, raw)
+    print(f"{'Would fix' if args.diff else 'Fixed'} {fixed} of {len(sites)} reported write site"
+          f"{'s' if len(sites) != 1 else ''}.", file=sys.stderr if args.diff else sys.stdout)
+    return 1 if problems else 0

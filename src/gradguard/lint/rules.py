@@ -1,0 +1,698 @@
+"""The lint rules.  Codes: GG1xx hazards, GG2xx advice (both on by default),
+GG4xx noisy (off unless selected).  Each class owns its code, message, detector
+(a filter over the facts from ``analysis``) and fix."""
+from __future__ import annotations
+
+import ast
+from typing import Iterator, Optional
+
+from gradguard.lint import tables as T
+from gradguard.lint.analysis import Write
+from gradguard.lint.base import NONE, SAFE, SOMETIMES, UNSAFE, Diagnostic, FileContext, Fix, Rule
+
+_WRITE_KINDS = ("method", "torch_func", "augassign", "inplace_kw", "inplace_module")
+_AUG_SYMBOL = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//", ast.Mod: "%",
+               ast.Pow: "**", ast.BitAnd: "&", ast.BitOr: "|", ast.BitXor: "^", ast.LShift: "<<",
+               ast.RShift: ">>", ast.MatMult: "@"}
+
+
+def _name(w: Write) -> str:
+    return w.target_name or "the result"
+
+
+def _describe(w: Write) -> str:
+    """`x += ...`, `x.mul_()`, `F.relu(x, inplace=True)` ..."""
+    n = _name(w)
+    if w.kind == "augassign":
+        return f"`{n} {_AUG_SYMBOL.get(type(w.node.op), '?')}= ...`"
+    if w.kind == "method":
+        return f"`{n}.{w.method}()`" if w.target_name else f"`.{w.method}()`"
+    if w.kind == "torch_func":
+        return f"`{w.method}({n})`"
+    if w.kind == "inplace_kw":
+        return f"`F.{w.method}({n}, inplace=True)`"
+    if w.kind == "inplace_module":
+        return f"`{w.op_text}` with inplace=True"
+    return "the write"
+
+
+def _out_of_place_fix(ctx: FileContext, w: Write) -> tuple[Optional[Fix], str]:
+    """The out-of-place rewrite of a write, and a hint for the message."""
+    n = _name(w)
+    named = w.target_name is not None
+    if w.kind == "augassign" and named:
+        sym = _AUG_SYMBOL.get(type(w.node.op), "?")
+        return ctx.fix("augassign", w.node, w.safe(), f"Rewrite as `{n} = {n} {sym} ...`"), f"use `{n} = {n} {sym} ...`"
+    if w.kind == "method":
+        twin = w.method[:-1]
+        if w.method not in T.INPLACE_WITH_TWIN:
+            return None, "write to a clone (`.clone()`) instead"
+        if w.stmt_level and named:
+            return (ctx.fix("out_of_place_method", w.node, w.safe(), f"Rewrite as `{n} = {n}.{twin}(...)`"),
+                    f"use `{n} = {n}.{twin}(...)`")
+        if not named and w.target.temp:
+            return ctx.fix("drop_underscore", w.node, True, f"Use `.{twin}()`"), f"use `.{twin}()`"
+        return None, f"use the out-of-place `.{twin}()`"
+    if w.kind == "torch_func":
+        twin = w.method[:-1]
+        short = twin.replace("torch.nn.functional.", "F.")
+        if w.method not in T.INPLACE_TORCH_FUNCS:
+            return None, "write to a clone instead"
+        if w.stmt_level and named:
+            return ctx.fix("out_of_place_func", w.node, w.safe(), f"Rewrite as `{n} = {short}({n})`"), f"use `{n} = {short}({n})`"
+        if w.target.temp:
+            return ctx.fix("drop_underscore", w.node, True, f"Use `{short}`"), f"use `{short}(...)`"
+        return None, f"use `{short}(...)`"
+    if w.kind == "inplace_kw":
+        if w.stmt_level and named:
+            return (ctx.fix("drop_inplace_assign", w.node, w.safe(), f"Rewrite as `{n} = F.{w.method}({n})`"),
+                    f"use `{n} = F.{w.method}({n})`")
+        return ctx.fix("drop_inplace", w.node, w.safe(), "Remove `inplace=True`"), "drop `inplace=True`"
+    if w.kind == "inplace_module" and w.ctor is not None:
+        attr = w.op_text.split(" ")[0].split(".")[-1]
+        # Dropping inplace=True at the constructor is invisible to callers that use
+        # the module's return value; a bare `self.act(x)` statement relies on the side effect.
+        safe = attr not in ctx.facts.stmt_call_attrs
+        return (ctx.fix("drop_inplace", w.ctor.node, safe, f"Construct `nn.{w.ctor.cls}()` without inplace=True"),
+                f"construct `nn.{w.ctor.cls}()` without inplace=True (line {w.ctor.node.lineno})")
+    return None, "use an out-of-place operation"
+
+
+def _first(saves: tuple, output: Optional[bool]) -> Optional[object]:
+    for s in saves:
+        if output is None or s.output == output:
+            return s
+    return None
+
+
+class InplaceOnSavedOutput(Rule):
+    code = "GG101"
+    name = "inplace-on-saved-output"
+    summary = "In-place write to the output of an op that saved its output for backward"
+    fix_safety = SOMETIMES
+    doc = """
+## What it does
+Finds in-place writes (`relu_()`, `mul_()`, `+=`, `inplace=True`, an in-place module)
+to the result of an operation whose backward reads its own output: `sigmoid`, `tanh`,
+`exp`, `softmax`, `log_softmax`, `sqrt`, `rsqrt`, `reciprocal`, `relu` and the
+matching `nn` modules.
+
+## Why is this bad?
+Autograd keeps a reference to that output to compute the gradient.  Overwriting it
+bumps its version counter, and `backward()` fails with "one of the variables needed
+for gradient computation has been modified by an inplace operation".
+
+## Example
+```python
+y = torch.sigmoid(x)
+y.mul_(2)
+loss = y.sum()
+```
+
+Use instead:
+```python
+y = torch.sigmoid(x)
+y = y.mul(2)
+loss = y.sum()
+```
+
+## Fix safety
+The fix rewrites the write out of place (`y = y.mul(2)`, `y = y + 1`, dropping
+`inplace=True`).  It is safe when the written tensor is a local that no other name,
+container or attribute refers to -- then nothing else can observe the difference.
+It is unsafe for function arguments, attributes and aliased tensors, whose other
+holders would stop seeing the write.  Out-of-place arithmetic may promote dtype
+(`float16 += float32` stays float16 in place; `a + b` is float32).
+"""
+
+    def check(self, ctx: FileContext) -> Iterator[Diagnostic]:
+        for w in ctx.facts.writes:
+            if w.kind not in _WRITE_KINDS:
+                continue
+            s = _first(w.saves, True)
+            if s is None:
+                continue
+            fix, hint = _out_of_place_fix(ctx, w)
+            yield self.diagnostic(ctx, w.node, f"{_describe(w)} overwrites the output of `{s.op}` (line {s.line}), "
+                                  f"which autograd saved for backward; {hint}", fix)
+
+
+class InplaceOnSavedInput(Rule):
+    code = "GG102"
+    name = "inplace-on-saved-input"
+    summary = "In-place write to a tensor an earlier op saved for backward"
+    fix_safety = SOMETIMES
+    doc = """
+## What it does
+Finds augmented assignments (`x += y`) and in-place methods (`x.mul_(y)`,
+`x.clamp_(...)`) on a tensor that an earlier operation in the same function saved
+for backward: an operand of `@`/`matmul`/`mm`/`bmm`/`einsum`, of `*` or `/` between
+two tensors, of `log`/`sin`/`pow`/..., or the input of a layer that saves it
+(`nn.Linear`, `nn.Conv2d`, `nn.LayerNorm`, `nn.GELU`, ... assigned in `__init__`).
+
+The rule follows names through the function: `x = x + 1` makes `x` a new tensor and
+clears the hazard; `v = x.view(...)` and `x.detach()` alias `x` and keep it.
+
+## Why is this bad?
+The saved tensor is needed to compute gradients of the *other* operand.  Changing it
+in place makes `backward()` raise "modified by an inplace operation".
+
+## Example
+```python
+h = x @ w
+x += 1
+(h.sum() + x.sum()).backward()
+```
+
+Use instead:
+```python
+h = x @ w
+x = x + 1
+(h.sum() + x.sum()).backward()
+```
+
+## Fix safety
+Safe when `x` is a local tensor that nothing else refers to; unsafe for function
+arguments (the caller would no longer see the update), attributes and aliases.
+Out-of-place arithmetic may promote dtype where the in-place form kept it.
+"""
+
+    def check(self, ctx: FileContext) -> Iterator[Diagnostic]:
+        for w in ctx.facts.writes:
+            if w.kind not in _WRITE_KINDS or not w.saves or _first(w.saves, True) is not None:
+                continue
+            s = w.saves[0]
+            fix, hint = _out_of_place_fix(ctx, w)
+            yield self.diagnostic(ctx, w.node, f"{_describe(w)} modifies `{_name(w)}` in place after `{s.op}` "
+                                  f"(line {s.line}) saved it for backward; {hint}", fix)
+
+
+class SetitemOnSavedTensor(Rule):
+    code = "GG103"
+    name = "setitem-on-saved-tensor"
+    summary = "Item or slice assignment into a tensor saved for backward"
+    fix_safety = SOMETIMES
+    doc = """
+## What it does
+Finds `x[idx] = v` and `x[idx] += v` where `x` (or a view of it) was saved for
+backward by an earlier operation in the same function.
+
+## Why is this bad?
+Index assignment is an in-place `copy_`/`index_put_` on `x`; the saved tensor changes
+under autograd and `backward()` raises "modified by an inplace operation".
+
+## Example
+```python
+y = torch.exp(x)
+y[:, 0] = 0
+```
+
+Use instead:
+```python
+y = torch.exp(x)
+y = y.clone()
+y[:, 0] = 0
+```
+
+## Fix safety
+The fix inserts `x = x.clone()` before the write, so the write lands in a copy.
+Safe when `x` is a local that nothing else refers to; unsafe otherwise (other
+holders of the original tensor would no longer see the write).
+"""
+
+    def check(self, ctx: FileContext) -> Iterator[Diagnostic]:
+        for w in ctx.facts.writes:
+            if w.kind != "setitem" or not w.saves:
+                continue
+            s = w.saves[0]
+            n = _name(w)
+            fix = None
+            if w.target_name and isinstance(w.stmt, (ast.Assign, ast.AugAssign)):
+                fix = ctx.fix("clone_before", w.stmt, w.safe(), f"Insert `{n} = {n}.clone()` before the write")
+            yield self.diagnostic(ctx, w.node, f"item assignment into `{n}` after `{s.op}` (line {s.line}) saved it "
+                                  f"for backward; clone first: `{n} = {n}.clone()`", fix)
+
+
+class CtxAttributeTensor(Rule):
+    code = "GG104"
+    name = "ctx-attribute-tensor"
+    summary = "Custom autograd.Function stores a tensor as a ctx attribute"
+    doc = """
+## What it does
+Finds `ctx.<name> = tensor` in the `forward` of a `torch.autograd.Function`
+subclass.  Non-tensors (`ctx.dim = dim`, shapes, flags) are fine and not reported.
+
+## Why is this bad?
+Tensors kept on `ctx` bypass autograd's saved-tensor machinery: no version check
+(an in-place write to the input later silently corrupts the gradient), no
+saved-tensor hooks, and a reference cycle that can leak the graph's memory.
+`ctx.save_for_backward` checks versions and releases the tensors after backward.
+
+## Example
+```python
+class Scale(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.w = w
+        return x * w
+```
+
+Use instead:
+```python
+class Scale(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(w)
+        return x * w
+    # in backward: (w,) = ctx.saved_tensors
+```
+
+## Fix safety
+No automatic fix: `backward` has to read `ctx.saved_tensors` instead.
+"""
+
+    def check(self, ctx: FileContext) -> Iterator[Diagnostic]:
+        for st in ctx.facts.ctx_stores:
+            yield self.diagnostic(ctx, st.node, f"`{st.ctx}.{st.attr}` stores a tensor on ctx, bypassing autograd's "
+                                  f"version check; use `{st.ctx}.save_for_backward(...)` and `{st.ctx}.saved_tensors`")
+
+
+def _data_fix(ctx: FileContext, w: Write, safe: bool) -> Optional[Fix]:
+    if w.data_form == "method" and not w.stmt_level:
+        return None
+    node = w.stmt
+    if not isinstance(node, (ast.Expr, ast.Assign, ast.AugAssign)):
+        return None
+    if isinstance(node, ast.Assign) and len(node.targets) != 1:
+        return None
+    return ctx.fix("no_grad", node, safe and w.data_form != "assign", "Write under `torch.no_grad()` instead of `.data`")
+
+
+class DataWriteOnSavedTensor(Rule):
+    code = "GG105"
+    name = "data-write-on-saved-tensor"
+    summary = "Write through .data to a tensor saved for backward (silently wrong gradients)"
+    fix_safety = UNSAFE
+    doc = """
+## What it does
+Finds writes through `.data` (`w.data.mul_(...)`, `w.data[...] = ...`, `w.data = ...`)
+to a tensor that an earlier operation in the same function saved for backward.
+
+## Why is this bad?
+`.data` shares storage with the tensor but not its version counter, so autograd
+cannot notice the change: `backward()` runs and returns *wrong gradients* without
+any error.
+
+## Example
+```python
+y = x @ w
+w.data.mul_(0.5)
+y.sum().backward()   # grad of x uses the halved w
+```
+
+Use instead:
+```python
+y = x @ w
+y.sum().backward()
+with torch.no_grad():
+    w.mul_(0.5)
+```
+
+## Fix safety
+The fix writes under `torch.no_grad()` on the tensor itself, which bumps the version
+counter: the silent corruption becomes the loud "modified by an inplace operation"
+error.  That changes behaviour, so the fix is unsafe; move the write after
+`backward()` as well.
+"""
+
+    def check(self, ctx: FileContext) -> Iterator[Diagnostic]:
+        for w in ctx.facts.writes:
+            if w.kind != "data" or not w.saves:
+                continue
+            s = w.saves[0]
+            yield self.diagnostic(ctx, w.node, f"write through `{_name(w)}.data` after `{s.op}` (line {s.line}) saved "
+                                  f"`{_name(w)}` for backward: gradients will be silently wrong; write after backward",
+                                  _data_fix(ctx, w, False))
+
+
+class StepBeforeBackward(Rule):
+    code = "GG106"
+    name = "step-before-backward"
+    summary = "optimizer.step() between a forward and the backward of a loss built from it"
+    doc = """
+## What it does
+Finds `loss.backward()` where `loss` was computed *before* an `optimizer.step()`
+(or `scaler.step(opt)`) that runs between the two -- the classic GAN bug: the
+generator loss is computed from `disc(fake)`, the discriminator optimizer steps,
+then the generator loss is backpropagated.
+
+## Why is this bad?
+`optimizer.step()` updates parameters in place.  The graph of `loss` saved those
+parameters (a linear layer saves its weight to compute the gradient of its input),
+so `backward()` raises "modified by an inplace operation" -- or, with `.data`-style
+updates, computes gradients against the wrong weights.
+
+## Example
+```python
+loss_g = bce(disc(fake), ones)
+opt_d.zero_grad()
+loss_d.backward()
+opt_d.step()
+loss_g.backward()
+```
+
+Use instead:
+```python
+opt_d.zero_grad()
+loss_d.backward()
+opt_d.step()
+loss_g = bce(disc(fake), ones)   # recompute after the update
+loss_g.backward()
+```
+
+## Fix safety
+No automatic fix: reordering training steps changes what is computed.
+"""
+
+    def check(self, ctx: FileContext) -> Iterator[Diagnostic]:
+        for h in ctx.facts.step_hazards:
+            yield self.diagnostic(ctx, h.backward, f"`{h.step_text}` (line {h.step_line}) updates parameters in place "
+                                  f"after `{h.loss}` was computed (line {h.loss_line}); call `backward()` before the step "
+                                  f"or recompute `{h.loss}` after it")
+
+
+class SequentialInplaceAfterSaving(Rule):
+    code = "GG107"
+    name = "sequential-inplace-after-saving"
+    summary = "inplace=True module right after a module that saves its output in nn.Sequential"
+    fix_safety = SAFE
+    doc = """
+## What it does
+Finds an `inplace=True` module (`nn.ReLU(inplace=True)`, `nn.Dropout(inplace=True)`,
+...) in `nn.Sequential(...)` directly after a module whose backward reads its own
+output: `nn.Sigmoid`, `nn.Tanh`, `nn.Softmax`, `nn.LogSoftmax`, `nn.ReLU`, and
+`nn.ELU`/`nn.LeakyReLU` when themselves in place.  `nn.Identity` and `nn.Flatten` pass
+the same tensor through and are looked across.
+
+After `nn.Linear`, `nn.Conv2d` or `nn.BatchNorm2d` an in-place activation is fine
+(they save their input, not their output) and is not reported.
+
+## Why is this bad?
+The in-place module overwrites the tensor the previous module saved; `backward()`
+raises "modified by an inplace operation".
+
+## Example
+```python
+head = nn.Sequential(nn.Linear(64, 64), nn.Sigmoid(), nn.ReLU(inplace=True))
+```
+
+Use instead:
+```python
+head = nn.Sequential(nn.Linear(64, 64), nn.Sigmoid(), nn.ReLU())
+```
+
+## Fix safety
+Safe: inside `nn.Sequential` the module's input is the previous module's output,
+which nothing else refers to, so dropping `inplace=True` only costs memory.
+"""
+
+    def check(self, ctx: FileContext) -> Iterator[Diagnostic]:
+        for h in ctx.facts.sequential:
+            cls = (ast.unparse(h.node.func) if hasattr(ast, "unparse") else "module")
+            fix = ctx.fix("drop_inplace", h.node, True, "Remove `inplace=True`")
+            yield self.diagnostic(ctx, h.node, f"`{cls}(inplace=True)` overwrites the output of `{h.saver}` "
+                                  f"(line {h.saver_line}), which it saved for backward; use `{cls}()`", fix)
+
+
+class JaxItemAssignment(Rule):
+    code = "GG108"
+    name = "jax-item-assignment"
+    summary = "Item assignment on a jax.numpy array"
+    fix_safety = SAFE
+    frameworks = frozenset({"jax"})
+    doc = """
+## What it does
+Finds `x[idx] = v` and `x[idx] += v` where `x` is a JAX array (built by `jnp.*`,
+`jax.random.*`, arithmetic on JAX arrays, or annotated `jax.Array`).
+
+## Why is this bad?
+JAX arrays are immutable: item assignment raises `TypeError` at trace time.  The
+functional `.at[idx]` update returns a new array and is differentiable.
+
+## Example
+```python
+x = jnp.zeros(3)
+x[0] = 1.0
+```
+
+Use instead:
+```python
+x = jnp.zeros(3)
+x = x.at[0].set(1.0)
+```
+
+## Fix safety
+Safe: the original raises; the rewrite (`.at[i].set(v)`, `+=` -> `.at[i].add(v)`,
+`-=` -> `.add(-v)`, `*=` -> `.multiply(v)`, `/=` -> `.divide(v)`) is the documented equivalent.
+"""
+
+    def check(self, ctx: FileContext) -> Iterator[Diagnostic]:
+        for w in ctx.facts.writes:
+            if w.kind != "jax_setitem":
+                continue
+            n = w.target_name or "x"
+            stmt = w.stmt
+            fix = None
+            if w.target_name and isinstance(stmt, (ast.Assign, ast.AugAssign)) and (
+                    not isinstance(stmt, ast.Assign) or len(stmt.targets) == 1):
+                method = "set"
+                if isinstance(stmt, ast.AugAssign):
+                    method = {ast.Add: "add", ast.Sub: "add", ast.Mult: "multiply", ast.Div: "divide",
+                              ast.Pow: "power"}.get(type(stmt.op), "")
+                if method:
+                    fix = ctx.fix("jax_at", stmt, True, f"Rewrite as `{n} = {n}.at[...].{method}(...)`")
+            yield self.diagnostic(ctx, w.node, f"JAX arrays are immutable; item assignment into `{n}` raises: use "
+                                  f"`{n} = {n}.at[...].set(...)`", fix)
+
+
+class TfAssignInTape(Rule):
+    code = "GG109"
+    name = "tf-assign-in-tape"
+    summary = "Variable.assign* inside tf.GradientTape whose variable is read later in the tape"
+    frameworks = frozenset({"tensorflow"})
+    doc = """
+## What it does
+Finds `v.assign(...)`, `v.assign_add(...)` or `v.assign_sub(...)` inside a
+`with tf.GradientTape()` block when `v` is read again later in the same block.
+
+## Why is this bad?
+`assign` is not differentiable: the tape records a read of the variable's new value
+but no path back to what was assigned.  Gradients of the loss with respect to the
+inputs of the assigned expression are `None` (or silently missing).
+
+## Example
+```python
+with tf.GradientTape() as tape:
+    h.assign(x @ w)
+    loss = tf.reduce_sum(h * 2.0)
+grads = tape.gradient(loss, [w])   # [None]
+```
+
+Use instead:
+```python
+with tf.GradientTape() as tape:
+    h_val = x @ w
+    loss = tf.reduce_sum(h_val * 2.0)
+grads = tape.gradient(loss, [w])
+h.assign(h_val)
+```
+
+## Fix safety
+No automatic fix.
+"""
+
+    def check(self, ctx: FileContext) -> Iterator[Diagnostic]:
+        for e in ctx.facts.tape_events:
+            if e.kind == "assign":
+                yield self.diagnostic(ctx, e.node, f"`{e.text}()` inside `tf.GradientTape` cuts the gradient path to "
+                                      f"later reads of the variable; compute with tensors and assign after the tape")
+
+
+class TfNumpyInTape(Rule):
+    code = "GG110"
+    name = "tf-numpy-in-tape"
+    summary = ".numpy() round trip inside tf.GradientTape"
+    frameworks = frozenset({"tensorflow"})
+    doc = """
+## What it does
+Finds `.numpy()` calls inside a `with tf.GradientTape()` block, except inside
+`print(...)`, logging calls and f-strings.
+
+## Why is this bad?
+`.numpy()` copies the value out of TensorFlow; anything computed from the NumPy array
+is a constant to the tape, so no gradient flows back through it.
+
+## Example
+```python
+with tf.GradientTape() as tape:
+    y = np.tanh((x @ w).numpy())
+    loss = tf.reduce_sum(tf.constant(y))
+```
+
+Use instead:
+```python
+with tf.GradientTape() as tape:
+    y = tf.tanh(x @ w)
+    loss = tf.reduce_sum(y)
+```
+
+## Fix safety
+No automatic fix.
+"""
+
+    def check(self, ctx: FileContext) -> Iterator[Diagnostic]:
+        for e in ctx.facts.tape_events:
+            if e.kind == "numpy":
+                yield self.diagnostic(ctx, e.node, f"`{e.text}` inside `tf.GradientTape` leaves the graph: no gradient "
+                                      f"flows through it; keep the computation in TensorFlow ops")
+
+
+class DataWrite(Rule):
+    code = "GG201"
+    name = "data-write"
+    summary = "Write through .data instead of under torch.no_grad()"
+    fix_safety = SOMETIMES
+    doc = """
+## What it does
+Finds writes through `.data`: `w.data.normal_(...)`, `w.data[...] = v`, `w.data += v`,
+`w.data = t` (when `w` looks like a tensor: a known tensor, or a name such as
+`weight`, `bias`, `param`, `grad`).
+
+## Why is this bad?
+`.data` is a legacy escape hatch: writes through it are invisible to autograd's
+version counter, so if the tensor was saved for backward the gradients become
+silently wrong instead of raising.  `torch.no_grad()` does the same job and keeps
+the safety check.
+
+## Example
+```python
+m.weight.data.normal_(0.0, 0.02)
+```
+
+Use instead:
+```python
+with torch.no_grad():
+    m.weight.normal_(0.0, 0.02)
+```
+
+## Fix safety
+Safe for in-place methods, item assignment and augmented assignment, which become
+the same write under `torch.no_grad()` (already inside a `no_grad` block or
+function, `.data` is just dropped).  Unsafe for `w.data = t`, rewritten as
+`w.copy_(t)`: `.data =` may change shape, dtype or device, `copy_` cannot.
+"""
+
+    def check(self, ctx: FileContext) -> Iterator[Diagnostic]:
+        for w in ctx.facts.writes:
+            if w.kind != "data" or w.saves or not w.evidence:
+                continue
+            n = _name(w)
+            if w.data_form == "method":
+                hint = f"`with torch.no_grad(): {n}.{w.method}(...)`"
+            elif w.data_form == "assign":
+                hint = f"`with torch.no_grad(): {n}.copy_(...)`"
+            else:
+                hint = f"write to `{n}` under `torch.no_grad()`"
+            yield self.diagnostic(ctx, w.node, f"write through `{n}.data` bypasses autograd's version check; use "
+                                  f"{hint}", _data_fix(ctx, w, True))
+
+
+class InplaceOnArgument(Rule):
+    code = "GG401"
+    name = "inplace-on-argument"
+    summary = "In-place write to a tensor passed in as a function argument"
+    default = False
+    fix_safety = UNSAFE
+    doc = """
+## What it does
+Finds in-place writes (`x += y`, `x.mul_(y)`, `F.relu(x, inplace=True)`) to a
+function's tensor argument when nothing in the function itself saved it.
+
+## Why is this bad?
+The write changes the caller's tensor.  If the caller (or an earlier layer) saved
+it for backward, `backward()` fails far from this line; if it is a leaf that
+requires grad, the call fails immediately.  Whether that happens depends on the
+caller, so this rule is noisy and off by default.
+
+## Example
+```python
+def forward(self, x):
+    x += self.bias
+    return x
+```
+
+Use instead:
+```python
+def forward(self, x):
+    x = x + self.bias
+    return x
+```
+
+## Fix safety
+Unsafe: callers that relied on the argument being updated stop seeing the update.
+"""
+
+    def check(self, ctx: FileContext) -> Iterator[Diagnostic]:
+        for w in ctx.facts.writes:
+            if w.kind not in ("method", "augassign", "inplace_kw") or w.saves or not w.is_param:
+                continue
+            if w.target.obj is None or w.target.obj.kind != "tensor" or w.in_no_grad:
+                continue
+            fix, hint = _out_of_place_fix(ctx, w)
+            if fix is not None:
+                fix = Fix(fix.kind, fix.line, fix.col, fix.end_line, fix.end_col, False, fix.title)
+            yield self.diagnostic(ctx, w.node, f"{_describe(w)} modifies the caller's tensor `{_name(w)}` in place; "
+                                  f"{hint}", fix)
+
+
+class InplaceActivation(Rule):
+    code = "GG402"
+    name = "inplace-activation"
+    summary = "Any inplace=True activation or dropout"
+    default = False
+    fix_safety = SOMETIMES
+    doc = """
+## What it does
+Finds every `inplace=True` argument: `nn.ReLU(inplace=True)`,
+`F.dropout(x, inplace=True)`, ...
+
+## Why is this bad?
+In-place activations save a little memory and make the layer overwrite its input.
+Whether that is legal depends on what saved the input, which changes whenever the
+model is edited.  Most code is better off without them; this rule is off by default.
+
+## Example
+```python
+self.act = nn.ReLU(inplace=True)
+```
+
+Use instead:
+```python
+self.act = nn.ReLU()
+```
+
+## Fix safety
+Safe for module constructors and for functional calls on a temporary
+(`F.relu(self.bn(x), inplace=True)`); unsafe otherwise, where code after the call
+may read the argument expecting the activated values.
+"""
+
+    def check(self, ctx: FileContext) -> Iterator[Diagnostic]:
+        for f in ctx.facts.inplace_flags:
+            if f.stmt_level:
+                fix = None  # the statement relies on the side effect
+            else:
+                fix = ctx.fix("drop_inplace", f.call, f.module_ctor or f.arg_temp, "Remove `inplace=True`")
+            yield self.diagnostic(ctx, f.kw, f"`{f.name}(..., inplace=True)` overwrites its input; drop "
+                                  f"`inplace=True` unless memory is critical", fix)
+
