@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ast
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Optional
 
 from gradguard.lint import tables as T
@@ -89,6 +89,11 @@ class Val:
     temp: bool = True  # not (yet) bound to a name
     module: Optional[ModuleInfo] = None
     optimizer: bool = False
+    nograd: bool = False  # cannot require grad: factories, ids/masks, .detach(), int casts
+
+    def view(self, **changes: object) -> "Val":
+        """A value sharing this one's tensor object (a view or alias)."""
+        return replace(self, **changes)
 
 
 @dataclass(eq=False)
@@ -190,6 +195,21 @@ def dotted(node: ast.AST) -> Optional[str]:
     return None
 
 
+def data_owner(expr: ast.AST) -> Optional[ast.AST]:
+    """``w`` for ``w.data``, ``w.data[i]``, ``w.data.view(...)``: the tensor written through ``.data``."""
+    while True:
+        if isinstance(expr, ast.Attribute):
+            if expr.attr == "data":
+                return expr.value
+            expr = expr.value
+        elif isinstance(expr, ast.Subscript):
+            expr = expr.value
+        elif isinstance(expr, ast.Call) and isinstance(expr.func, ast.Attribute):
+            expr = expr.func.value
+        else:
+            return None
+
+
 def collect_aliases(tree: ast.Module) -> dict[str, str]:
     """Module-level import aliases: local name -> qualified module path."""
     aliases: dict[str, str] = {}
@@ -203,9 +223,10 @@ def collect_aliases(tree: ast.Module) -> dict[str, str]:
                     else:
                         top = a.name.split(".")[0]
                         aliases[top] = top
-            elif isinstance(stmt, ast.ImportFrom) and stmt.module and not stmt.level:
+            elif isinstance(stmt, ast.ImportFrom):
+                prefix = "." * (stmt.level or 0) + (stmt.module or "")
                 for a in stmt.names:
-                    aliases[a.asname or a.name] = f"{stmt.module}.{a.name}"
+                    aliases[a.asname or a.name] = f"{prefix}.{a.name}"
             elif isinstance(stmt, (ast.If, ast.Try)):
                 visit(stmt.body)
                 visit(getattr(stmt, "orelse", []))
@@ -234,6 +255,7 @@ class FileAnalyzer:
 
     def __init__(self, tree: ast.Module, source: str) -> None:
         self.tree = tree
+        self.source = source
         self.facts = Facts(frameworks=frameworks_in(source))
         self.aliases = collect_aliases(tree)
 
@@ -275,7 +297,7 @@ class FileAnalyzer:
         fw = self.facts.frameworks
         if not fw:
             return self.facts
-        if "torch" in fw:
+        if "torch" in fw and ("inplace" in self.source or "Sequential" in self.source):
             self._scan_calls()
         self._analyze_scope(self.tree, None, None)
         return self.facts
@@ -349,7 +371,7 @@ class FileAnalyzer:
         for fn in cls.body:
             if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
-            for node in ast.walk(fn):
+            for node in _walk_statements(fn.body):
                 if (isinstance(node, ast.Assign) and len(node.targets) == 1
                         and isinstance(node.value, ast.Call)):
                     t = node.targets[0]
@@ -417,25 +439,30 @@ class ScopeWalker:
     def qual(self, node: ast.AST) -> Optional[str]:
         return self.fa.qual(node, self.locals)
 
-    def new(self, kind: str, origin: Optional[int] = None, **kw) -> Val:
+    def new(self, kind: str, origin: Optional[int] = None, nograd: bool = False, **kw) -> Val:
         obj = Obj(kind) if kind != OTHER else None
-        return Val(kind, obj, origin=origin, **kw)
+        return Val(kind, obj, origin=origin, nograd=nograd, **kw)
 
     def mark_tensor(self, v: Val) -> None:
         if v.obj is not None and v.obj.kind == MAYBE:
             v.obj.kind = TENSOR
             v.kind = TENSOR
 
-    def save(self, v: Val, op: str, node: ast.AST, output: bool = False) -> None:
+    def save(self, v: Val, op: str, node: ast.AST, output: bool = False, grad_from: Optional[list] = None) -> None:
+        """Record that ``op`` saved ``v`` -- autograd only saves when something it
+        differentiates (``grad_from``, default ``v`` itself) may require grad."""
         if v.obj is None or v.kind not in (TENSOR, MAYBE) or self.no_grad:
+            return
+        if all(g.nograd or g.obj is None for g in (grad_from if grad_from is not None else [v])):
             return
         v.obj.saves.append(Save(op, node.lineno, output))
 
     def bind(self, name: str, v: Val) -> None:
+        self.locals.add(name)
         if v.obj is not None:
             v.obj.names.add(name)
         if not v.temp:  # second name for the same value: an alias
-            v = Val(v.kind, v.obj, v.via_data, v.origin, False, v.module, v.optimizer)
+            v = v.view(temp=False)
         v.temp = False
         self.env[name] = Binding(name, v, self.index)
 
@@ -443,7 +470,10 @@ class ScopeWalker:
         b = self.env.get(name)
         if b is None:
             # A global, a builtin or a closure variable: someone else holds it.
-            v = Val(MAYBE, Obj(MAYBE, external=True), temp=False)
+            if name in self.fa.aliases and name not in self.locals:
+                v = Val(OTHER, temp=False)  # an imported module, class or function
+            else:
+                v = Val(MAYBE, Obj(MAYBE, external=True), temp=False, nograd=bool(_NOGRAD_NAME_RE.search(name)))
             b = Binding(name, v, -1)
             self.env[name] = b
         b.reads.append(self.index)
@@ -477,7 +507,8 @@ class ScopeWalker:
             d = defaults.get(a.arg)
             if kind is None:
                 kind = OTHER if isinstance(d, ast.Constant) and d.value is not None else MAYBE
-            v = Val(kind, Obj(kind, external=True) if kind != OTHER else None, temp=False)
+            v = Val(kind, Obj(kind, external=True) if kind != OTHER else None, temp=False,
+                    nograd=bool(_NOGRAD_NAME_RE.search(a.arg)))
             self.params.add(a.arg)
             if v.obj is not None:
                 v.obj.names.add(a.arg)
@@ -486,26 +517,12 @@ class ScopeWalker:
             if a is not None:
                 self.locals.add(a.arg)
                 self.env[a.arg] = Binding(a.arg, Val(OTHER, temp=False), -1)
-        self._collect_locals(fn.body)
         self.walk_body(fn.body)
         self._finish()
 
     def walk_module(self) -> None:
-        self._collect_locals(self.scope.body)
         self.walk_body(self.scope.body)
         self._finish()
-
-    def _collect_locals(self, body: list) -> None:
-        for node in _walk_scope(body):
-            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-                self.locals.add(node.id)
-            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                self.locals.add(node.name)
-            elif isinstance(node, (ast.Global, ast.Nonlocal)):
-                self.external_names.update(node.names)
-            elif isinstance(node, (ast.Import, ast.ImportFrom)):
-                for a in node.names:
-                    self.locals.add((a.asname or a.name).split(".")[0])
 
     def _annotation_kind(self, ann: Optional[ast.AST]) -> Optional[str]:
         if ann is None:
@@ -599,7 +616,10 @@ class ScopeWalker:
         elif isinstance(stmt, (ast.Import, ast.ImportFrom)):
             for a in stmt.names:
                 name = a.asname or a.name.split(".")[0]
+                self.locals.add(name)
                 self.env[name] = Binding(name, Val(OTHER, temp=False), self.index)
+        elif isinstance(stmt, (ast.Global, ast.Nonlocal)):
+            self.external_names.update(stmt.names)
         elif type(stmt).__name__ == "Match":
             self.ev(stmt.subject)
             for case in stmt.cases:
@@ -658,8 +678,10 @@ class ScopeWalker:
                      and v.obj is not None)
             for t in target.elts:
                 t = t.value if isinstance(t, ast.Starred) else t
-                if views:
-                    self.assign(t, Val(v.kind, v.obj, v.via_data, v.origin), None)
+                if v.kind == OTHER:  # h, w = x.shape
+                    self.assign(t, Val(OTHER), None)
+                elif views:
+                    self.assign(t, v.view(temp=True), None)
                 else:
                     kind = JAX if v.kind == JAX else MAYBE
                     self.assign(t, Val(kind, Obj(kind), origin=v.origin), None)
@@ -677,7 +699,7 @@ class ScopeWalker:
                 v.obj.escaped = True
             d = dotted(target)
             if d is not None:
-                nv = Val(v.kind, v.obj, v.via_data, v.origin, False, v.module, v.optimizer)
+                nv = v.view(temp=False)
                 if nv.obj is not None:
                     nv.obj.external = True
                 self.env[d] = Binding(d, nv, self.index)
@@ -698,11 +720,14 @@ class ScopeWalker:
             self.record_write("jax_setitem", target, base, target.value)
             return
         if base.via_data:
-            self.record_write("data", target, base, target.value, data_form="setitem",
-                              evidence=self._tensor_evidence(base, target.value))
+            owner = data_owner(target.value)
+            self.record_write("data", target, base, owner, data_form="setitem",
+                              evidence=self._tensor_evidence(base, owner if owner is not None else target.value))
             return
         if base.obj is not None and base.kind in (TENSOR, MAYBE):
             self.record_write("setitem", target, base, target.value)
+            if v is not None and v.obj is not None and not v.nograd:
+                base.nograd = False
         if v is not None and v.obj is not None and base.kind != TENSOR:
             v.obj.escaped = True  # stored in a container
 
@@ -730,6 +755,8 @@ class ScopeWalker:
         if isinstance(stmt.op, ast.MatMult):
             return  # `@=` is not in-place for tensors
         self.record_write("augassign", stmt, cur, t, target_name=name)
+        if v.obj is not None and not v.nograd:
+            cur.nograd = False
         if v.kind == TENSOR:
             self.mark_tensor(cur)
         if v.origin is not None and (cur.origin is None or v.origin < cur.origin):
@@ -862,17 +889,17 @@ class ScopeWalker:
             b.reads.append(self.index)
             return b.val
         if d is not None and isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
-            v = Val(MAYBE, Obj(MAYBE, external=True), temp=False)
+            v = Val(MAYBE, Obj(MAYBE, external=True), temp=False, nograd=bool(_NOGRAD_NAME_RE.search(node.attr)))
             self.env[d] = Binding(d, v, -1)
             return v
         base = self.ev(node.value)
         attr = node.attr
         if attr == "data" and base.obj is not None:
-            return Val(base.kind, base.obj, True, base.origin, base.temp)
+            return base.view(via_data=True, nograd=True)
         if attr in T.NON_TENSOR_RESULTS:
             return _OTHER
         if attr in ("T", "mT", "H", "mH", "real", "imag") and base.obj is not None:
-            return Val(base.kind, base.obj, base.via_data, base.origin, base.temp)
+            return base.view()
         if attr == "at" and base.kind == JAX:
             return Val(JAX, base.obj)
         if attr == "grad" and base.kind in (TENSOR, MAYBE):
@@ -896,7 +923,7 @@ class ScopeWalker:
             p.value is None or p.value is Ellipsis or isinstance(p.value, int)))
             or (isinstance(p, ast.UnaryOp) and isinstance(p.operand, ast.Constant)) for p in parts)
         if basic:
-            return Val(base.kind, base.obj, base.via_data, base.origin, base.temp)
+            return base.view()
         return Val(MAYBE, Obj(MAYBE, external=base.obj.external), origin=base.origin)
 
     def ev_BinOp(self, node: ast.BinOp) -> Val:
@@ -912,30 +939,32 @@ class ScopeWalker:
         if isinstance(op, ast.MatMult) and self.has_torch:
             for v in (left, right):
                 self.mark_tensor(v)
-                self.save(v, "@", node)
+            # each operand is saved to compute the gradient of the other
+            self.save(left, "@", node, grad_from=[right])
+            self.save(right, "@", node, grad_from=[left])
         elif isinstance(op, (ast.Mult, ast.Div)) and self.has_torch:
             sym = "*" if isinstance(op, ast.Mult) else "/"
             if right.kind == TENSOR and left.kind == TENSOR:
-                self.save(left, sym, node)
-                self.save(right, sym, node)
+                self.save(left, sym, node, grad_from=[right])
+                self.save(right, sym, node, grad_from=[left, right] if sym == "/" else [left])
         elif isinstance(op, ast.Pow) and left.kind == TENSOR:
-            self.save(left, "**", node)
+            self.save(left, "**", node, grad_from=[left, right])
             if right.kind == TENSOR:
-                self.save(right, "**", node)
+                self.save(right, "**", node, grad_from=[left, right])
         kind = TENSOR if TENSOR in kinds else MAYBE
-        return self.new(kind, origin)
+        return self.new(kind, origin, nograd=_all_nograd(left, right))
 
     def ev_UnaryOp(self, node: ast.UnaryOp) -> Val:
         v = self.ev(node.operand)
         if isinstance(node.op, ast.Not) or v.kind == OTHER:
             return _OTHER
-        return self.new(v.kind, v.origin)
+        return self.new(v.kind, v.origin, nograd=v.nograd)
 
     def ev_Compare(self, node: ast.Compare) -> Val:
         vals = [self.ev(node.left)] + [self.ev(c) for c in node.comparators]
         if isinstance(node.ops[0], (ast.Is, ast.IsNot, ast.In, ast.NotIn)):
             return _OTHER
-        return self.new(TENSOR if any(v.kind == TENSOR for v in vals) else MAYBE)
+        return self.new(TENSOR if any(v.kind == TENSOR for v in vals) else MAYBE, nograd=True)
 
     def ev_BoolOp(self, node: ast.BoolOp) -> Val:
         vals = [self.ev(v) for v in node.values]
@@ -987,7 +1016,9 @@ class ScopeWalker:
         return Val(MAYBE, Obj(MAYBE), origin=self.index)
 
     def _tensor_args(self, args: list, kwargs: dict) -> list:
-        return [v for v in list(args) + list(kwargs.values()) if v.kind in (TENSOR, MAYBE) and v.obj is not None]
+        # keyword arguments such as min=/max=/dim= are scalars; only these carry tensors
+        vals = list(args) + [v for k, v in kwargs.items() if k in _TENSOR_KWARGS]
+        return [v for v in vals if v.kind in (TENSOR, MAYBE) and v.obj is not None]
 
     def _call_qualified(self, node: ast.Call, q: str, args: list, kwargs: dict, stmt_level: bool) -> Val:
         short = q.rsplit(".", 1)[-1]
@@ -1009,7 +1040,7 @@ class ScopeWalker:
                 self.mark_tensor(args[0])
                 self.record_write("torch_func", node, args[0], node.args[0], method=q, stmt_level=stmt_level,
                                   op_text=q)
-                return Val(args[0].kind, args[0].obj, args[0].via_data, args[0].origin, args[0].temp)
+                return args[0].view()
             return self.new(TENSOR, self.index)
         if q.startswith("torch.nn.functional.") and short in T.FUNCTIONAL_INPLACE_ARG:
             idx = T.FUNCTIONAL_INPLACE_ARG[short]
@@ -1020,33 +1051,38 @@ class ScopeWalker:
                 self.record_write("inplace_kw", node, x, node.args[0], method=short, stmt_level=stmt_level, op_text=f"F.{short}")
                 if short in T.FUNCTIONAL_OUTPUT_SAVING_WHEN_INPLACE:
                     self.save(x, f"F.{short}", node, output=True)
-                return Val(x.kind, x.obj, x.via_data, x.origin, x.temp)
+                return x.view()
         if q.startswith(T.TORCH_NON_TENSOR_PREFIXES):
             return _OTHER
         # nn.Linear(...) and friends: a module value
         if q.startswith("torch.nn.") and q.count(".") == 2 and short[:1].isupper():
             return Val(OTHER, module=self.fa.module_ctor(node, self.locals))
         display = _display(q)
+        tensors = self._tensor_args(args, kwargs)
+        if q in _FACTORIES or q.endswith("_like"):
+            rg = next((k.value for k in node.keywords if k.arg == "requires_grad"), None)
+            return self.new(TENSOR, None, nograd=rg is None or (isinstance(rg, ast.Constant) and not rg.value))
         if q in T.OUTPUT_SAVING_FUNCS:
             for v in args[:1]:
                 self.mark_tensor(v)
-            out = self.new(TENSOR, self.index)
-            self.save(out, display, node, output=True)
+            out = self.new(TENSOR, self.index, nograd=_all_nograd(*args[:1]))
+            self.save(out, display, node, output=True, grad_from=args[:1])
             return out
         if q in T.INPUT_SAVING_FUNCS:
-            tensors = self._tensor_args(args, kwargs)
             if short in ("mul", "div", "true_divide"):
                 tensors = tensors if len(tensors) == 2 and all(v.kind == TENSOR for v in tensors) else []
             for v in tensors:
                 self.mark_tensor(v)
-                self.save(v, display, node)
-            out = self.new(TENSOR, _min_origin(*(v.origin for v in args)))
+                others = [o for o in tensors if o is not v]
+                self.save(v, display, node, grad_from=others if others else [v])
+            out = self.new(TENSOR, _min_origin(*(v.origin for v in args)), nograd=_all_nograd(*tensors))
             if short == "scaled_dot_product_attention":
-                self.save(out, display, node, output=True)
+                self.save(out, display, node, output=True, grad_from=tensors)
             return out
         for v in args[:1]:
             self.mark_tensor(v)
-        return self.new(TENSOR, _min_origin(*(v.origin for v in args)) if args else None)
+        return self.new(TENSOR, _min_origin(*(v.origin for v in args)) if args else None,
+                        nograd=bool(tensors) and _all_nograd(*tensors))
 
     def _call_method(self, node: ast.Call, func: ast.Attribute, recv: Val, args: list, kwargs: dict,
                      stmt_level: bool) -> Val:
@@ -1085,44 +1121,51 @@ class ScopeWalker:
                 self.mark_tensor(v)
             return _OTHER
         if recv.kind == OTHER or recv.obj is None:
-            return self._unknown_call(node, args, kwargs)
+            if rd in ("self", "cls") or recv.module is not None:
+                return self._unknown_call(node, args, kwargs)
+            return _OTHER  # numpy arrays, lists, strings stay what they are
         if not self.has_torch:
             return self._unknown_call(node, args, kwargs)
         if m in T.INPLACE_METHODS and not m.startswith("_"):
             if recv.via_data:
-                self.record_write("data", node, recv, func.value.value if isinstance(func.value, ast.Attribute) else None, method=m, data_form="method", stmt_level=stmt_level,
+                self.record_write("data", node, recv, data_owner(func.value), method=m, data_form="method", stmt_level=stmt_level,
                                   evidence=True)
             else:
                 self.mark_tensor(recv)
                 self.record_write("method", node, recv, func.value, method=m, stmt_level=stmt_level, op_text=f".{m}()")
             if m[:-1] in T.OUTPUT_SAVING_METHODS:
                 self.save(recv, f".{m}()", node, output=True)
-            return Val(recv.kind, recv.obj, recv.via_data, recv.origin, recv.temp)
+            if not all(a.nograd or a.obj is None for a in args):
+                recv.nograd = False  # writing a grad-requiring value makes it require grad
+            return recv.view()
         if m in T.VIEW_METHODS:
             self.mark_tensor(recv)
-            return Val(recv.kind, recv.obj, recv.via_data, recv.origin, recv.temp)
+            return recv.view(nograd=recv.nograd or m == "detach")
         if m in T.NON_TENSOR_RESULTS:
             return _OTHER
         if m in T.OUTPUT_SAVING_METHODS:
             self.mark_tensor(recv)
-            out = self.new(TENSOR, recv.origin)
-            self.save(out, f".{m}()", node, output=True)
+            out = self.new(TENSOR, recv.origin, nograd=recv.nograd)
+            self.save(out, f".{m}()", node, output=True, grad_from=[recv])
             return out
         if m in T.INPUT_SAVING_METHODS:
             self.mark_tensor(recv)
-            for v in [recv] + self._tensor_args(args, kwargs):
+            operands = [recv] + self._tensor_args(args, kwargs)
+            for v in operands:
                 if m in ("matmul", "mm", "bmm", "mv", "dot", "inner", "outer"):
                     self.mark_tensor(v)
-                self.save(v, f".{m}()", node)
-            return self.new(TENSOR, recv.origin)
+                others = [o for o in operands if o is not v]
+                self.save(v, f".{m}()", node, grad_from=others if others else [v])
+            return self.new(TENSOR, recv.origin, nograd=_all_nograd(*operands))
         if m in T.TENSOR_OPERAND_METHODS:
             if args and args[0].kind == TENSOR and recv.kind == TENSOR:
-                self.save(recv, f".{m}()", node)
-                self.save(args[0], f".{m}()", node)
-            return self.new(recv.kind, recv.origin)
+                self.save(recv, f".{m}()", node, grad_from=[args[0]])
+                self.save(args[0], f".{m}()", node, grad_from=[recv])
+            return self.new(recv.kind, recv.origin, nograd=_all_nograd(recv, *args))
         if m in T.TENSOR_METHODS:
             self.mark_tensor(recv)
-            return self.new(TENSOR, recv.origin)
+            return self.new(TENSOR, recv.origin, nograd=recv.nograd or m in _INT_CASTS or (
+                m == "to" and any(isinstance(a, ast.Attribute) and a.attr in _INT_DTYPES for a in node.args)))
         return self._unknown_call(node, args, kwargs)
 
     def _call_module(self, node: ast.Call, info: ModuleInfo, args: list, stmt_level: bool, text: str) -> Val:
@@ -1135,14 +1178,16 @@ class ScopeWalker:
             self.record_write("inplace_module", node, x, node.args[0], ctor=info, stmt_level=stmt_level, op_text=label)
             if info.saves_output:
                 self.save(x, label, node, output=True)
-            return Val(x.kind, x.obj, x.via_data, x.origin, x.temp)
+            return x.view()
         if info.cls in T.PASSTHROUGH_MODULES:
-            return Val(x.kind, x.obj, x.via_data, x.origin, x.temp)
+            return x.view()
+        # Layers with parameters save their input whenever the weights require grad.
+        has_params = info.cls in _PARAM_MODULES
         if info.saves_input:
-            self.save(x, label, node)
-        out = self.new(TENSOR, self.index)
+            self.save(x, label, node, grad_from=None if not has_params else [Val(TENSOR, Obj(TENSOR))])
+        out = self.new(TENSOR, self.index, nograd=x.nograd and not has_params)
         if info.saves_output:
-            self.save(out, label, node, output=True)
+            self.save(out, label, node, output=True, grad_from=[x])
         return out
 
     def _backward(self, node: ast.AST, loss_node: ast.AST, loss: Optional[Val]) -> None:
@@ -1161,6 +1206,27 @@ class ScopeWalker:
                 return
 
 
+_FACTORIES = frozenset(f"torch.{n}" for n in (
+    "zeros", "ones", "empty", "full", "arange", "range", "linspace", "logspace", "eye", "rand", "randn",
+    "randint", "randperm", "tensor", "as_tensor", "from_numpy", "asarray", "tril_indices", "triu_indices",
+    "empty_strided", "bernoulli", "multinomial", "normal"))
+_TENSOR_KWARGS = frozenset({"input", "other", "weight", "bias", "mat1", "mat2", "tensor", "query", "key", "value",
+                            "target", "exponent", "tensors"})
+_INT_CASTS = frozenset({"long", "int", "bool", "short", "byte", "char"})
+_INT_DTYPES = frozenset({"long", "int", "int64", "int32", "int16", "int8", "uint8", "bool"})
+_PARAM_MODULES = frozenset({"Linear", "Bilinear", "LazyLinear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d",
+                            "ConvTranspose2d", "ConvTranspose3d", "LazyConv1d", "LazyConv2d", "LazyConv3d",
+                            "LayerNorm", "GroupNorm", "RMSNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
+                            "SyncBatchNorm", "LSTM", "GRU", "RNN", "MultiheadAttention", "PReLU"})
+_NOGRAD_NAME_RE = re.compile(r"(?:^|_)(?:ids?|mask|masks|idx|indices|index|labels?|positions?|lengths?|lens|"
+                             r"counts?|seqlens?|offsets?)$")
+
+
+def _all_nograd(*vals: Val) -> bool:
+    tensors = [v for v in vals if v.obj is not None]
+    return bool(tensors) and all(v.nograd for v in tensors)
+
+
 def _min_origin(*origins: Optional[int]) -> Optional[int]:
     vals = [o for o in origins if o is not None]
     return min(vals) if vals else None
@@ -1173,15 +1239,20 @@ def _display(q: str) -> str:
     return q
 
 
-def _walk_scope(body: list) -> Iterator[ast.AST]:
-    """ast.walk over a body without entering nested functions, classes, lambdas."""
+def _walk_statements(body: list) -> Iterator[ast.stmt]:
+    """Statements in a body, recursively through blocks but not into nested scopes."""
     stack = list(body)
     while stack:
-        node = stack.pop()
-        yield node
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+        stmt = stack.pop()
+        yield stmt
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             continue
-        stack.extend(ast.iter_child_nodes(node))
+        for name in ("body", "orelse", "finalbody"):
+            sub = getattr(stmt, name, None)
+            if isinstance(sub, list):
+                stack.extend(x for x in sub if isinstance(x, ast.stmt))
+        for h in getattr(stmt, "handlers", None) or ():
+            stack.extend(h.body)
 
 
 def analyze(tree: ast.Module, source: str) -> Facts:

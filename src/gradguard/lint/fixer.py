@@ -82,9 +82,19 @@ def _has_newline(comma: cst.Comma) -> bool:
 
 
 def _drop_data(expr: cst.BaseExpression) -> Optional[cst.BaseExpression]:
-    """``E.data`` -> ``E``."""
-    if isinstance(expr, cst.Attribute) and expr.attr.value == "data":
-        return expr.value
+    """``expr`` with the first ``.data`` on its receiver chain removed
+    (``w.data`` -> ``w``, ``w.data[:2]`` -> ``w[:2]``); None if there is none."""
+    if isinstance(expr, cst.Attribute):
+        if expr.attr.value == "data":
+            return expr.value
+        inner = _drop_data(expr.value)
+        return None if inner is None else expr.with_changes(value=inner)
+    if isinstance(expr, cst.Subscript):
+        inner = _drop_data(expr.value)
+        return None if inner is None else expr.with_changes(value=inner)
+    if isinstance(expr, cst.Call) and isinstance(expr.func, cst.Attribute):
+        inner = _drop_data(expr.func.value)
+        return None if inner is None else expr.with_changes(func=expr.func.with_changes(value=inner))
     return None
 
 
@@ -270,7 +280,7 @@ class _FixTransformer(cst.CSTTransformer):
                 new = small.with_changes(value=small.value.with_changes(func=func.with_changes(value=owner)))
         elif isinstance(small, cst.Assign) and len(small.targets) == 1:
             t = small.targets[0].target
-            owner = _drop_data(t)
+            owner = t.value if isinstance(t, cst.Attribute) and t.attr.value == "data" else None
             if owner is not None:  # w.data = v  ->  w.copy_(v)
                 new = cst.Expr(cst.Call(func=cst.Attribute(value=owner, attr=cst.Name("copy_")),
                                         args=[cst.Arg(small.value)]), semicolon=small.semicolon)
@@ -279,7 +289,7 @@ class _FixTransformer(cst.CSTTransformer):
                     target=t.with_changes(value=_drop_data(t.value)))])
         elif isinstance(small, cst.AugAssign):
             t = small.target
-            owner = _drop_data(t)
+            owner = t.value if isinstance(t, cst.Attribute) and t.attr.value == "data" else None
             if owner is not None:
                 method = _DATA_AUG.get(type(small.operator).__name__)
                 if method is not None:
