@@ -234,7 +234,7 @@ class DetectSession:
         if pending is None:
             frame = sites.innermost_user_frame(2)
             if frame is not None:
-                backward_src = sites.resolve(((frame.f_code, frame.f_lineno),))[0].source
+                backward_src = sites.resolve(((frame.f_code, frame.f_lasti),))[0].source
         if outside:
             fix = ("find the code that writes this tensor's memory outside PyTorch (a NumPy "
                    "view from `.numpy()`, a DLPack or buffer alias) and give it a copy "

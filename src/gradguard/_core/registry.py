@@ -103,37 +103,57 @@ def overlaps(saved: torch.Tensor, start: int, end: int, written: Optional[torch.
 
 
 class Registry:
-    """Live saved records by storage key. Thread-safe: unpack and graph teardown run on
-    autograd worker threads."""
+    """Live saved records by storage key.
+
+    Hot path: `add` runs once per saved tensor, so it is a lock, a list append and a
+    weak reference. Dead references are not removed one by one (that would cost a lock and
+    two dict operations per saved tensor when the graph is freed); a death only bumps a
+    counter, and the index is rebuilt without the dead once they outnumber the living.
+    Thread-safe: unpack and graph teardown run on autograd worker threads.
+    """
+
+    _SWEEP_MIN = 1024
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_storage: dict[int, set[weakref.ref]] = {}
-        self._key_of: dict[weakref.ref, int] = {}
+        self._by_storage: dict[int, list[weakref.ref]] = {}
+        self._added = 0  # only changed under the lock
+        self._dead = 0  # bumped by weakref callbacks; may undercount, never overcount
+        self._on_dead = self._count_dead
+
+    def _count_dead(self, _ref: weakref.ref) -> None:
+        self._dead += 1
 
     def __len__(self) -> int:
-        return len(self._key_of)
+        """Number of live records (exact; O(n), for tests and diagnostics)."""
+        return len(self.records())
+
+    def maybe_live(self) -> bool:
+        """Cheap: False only when no record can be alive."""
+        return self._added > self._dead
 
     def add(self, rec: SavedRecord) -> None:
-        key = rec.key
-        ref = weakref.ref(rec, self._discard)
+        ref = weakref.ref(rec, self._on_dead)
         with self._lock:
-            bucket = self._by_storage.get(key)
+            bucket = self._by_storage.get(rec.key)
             if bucket is None:
-                bucket = self._by_storage[key] = set()
-            bucket.add(ref)
-            self._key_of[ref] = key
+                self._by_storage[rec.key] = [ref]
+            else:
+                bucket.append(ref)
+            self._added += 1
+            if self._added > self._SWEEP_MIN and self._dead * 2 > self._added:
+                self._sweep()
 
-    def _discard(self, ref: weakref.ref) -> None:
-        with self._lock:
-            key = self._key_of.pop(ref, None)
-            if key is None:
-                return
-            bucket = self._by_storage.get(key)
-            if bucket is not None:
-                bucket.discard(ref)
-                if not bucket:
-                    del self._by_storage[key]
+    def _sweep(self) -> None:
+        live: dict[int, list[weakref.ref]] = {}
+        count = 0
+        for key, refs in self._by_storage.items():
+            kept = [r for r in refs if r() is not None]
+            if kept:
+                live[key] = kept
+                count += len(kept)
+        self._by_storage = live
+        self._added, self._dead = count, 0
 
     def on_storage(self, key: int) -> Iterator[SavedRecord]:
         with self._lock:
@@ -148,5 +168,5 @@ class Registry:
 
     def records(self) -> list[SavedRecord]:
         with self._lock:
-            refs = list(self._key_of)
+            refs = [r for refs in self._by_storage.values() for r in refs]
         return [r for r in (ref() for ref in refs) if r is not None]

@@ -29,15 +29,23 @@ WRITE_ERRORS = (
 )
 
 
+class _ThreadSessions(threading.local):
+    def __init__(self) -> None:
+        self.stack: list["DetectSession"] = []
+
+
 class Runtime:
     def __init__(self) -> None:
         self.registry = Registry()
         self._lock = threading.RLock()
-        self.sessions: list["DetectSession"] = []  # active sessions, in entry order
+        self.sessions: list["DetectSession"] = []  # active sessions of every thread
+        self._local = _ThreadSessions()  # this thread's, innermost last (saved-tensor
+        # hooks are thread-local in PyTorch, so nesting is per thread too)
         self.eager_sessions = 0
 
     # -- sessions -----------------------------------------------------------------
     def acquire(self, session: "DetectSession") -> None:
+        self._local.stack.append(session)
         with self._lock:
             self.sessions.append(session)
             if session.eager:
@@ -47,6 +55,11 @@ class Runtime:
                 _patch_extras()
 
     def release(self, session: "DetectSession") -> None:
+        stack = self._local.stack
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i] is session:
+                del stack[i]
+                break
         with self._lock:
             for i in range(len(self.sessions) - 1, -1, -1):
                 if self.sessions[i] is session:
@@ -59,14 +72,15 @@ class Runtime:
                 _unpatch_extras()
 
     def innermost(self) -> Optional["DetectSession"]:
-        sessions = self.sessions
-        return sessions[-1] if sessions else None
+        """This thread's innermost active session."""
+        stack = self._local.stack
+        return stack[-1] if stack else None
 
     # -- writes -------------------------------------------------------------------
     def before_write(self, op: str, tensors: Iterable[torch.Tensor], whole: bool) -> Any:
         """Called just before an intercepted write executes. Returns an undo token."""
         registry = self.registry
-        if not registry._by_storage:
+        if not registry.maybe_live():
             return None
         touched: Optional[list] = None
         write: Optional[WriteRecord] = None

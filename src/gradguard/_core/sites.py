@@ -1,6 +1,6 @@
 """Attributing work to source lines.
 
-Stacks are captured as tuples of ``(code object, line number)`` pairs: cheap to take
+Stacks are captured as tuples of ``(code object, instruction offset)`` pairs: cheap to take
 on the hot path (one per saved tensor and per intercepted write), and holding no frame,
 so no local variable -- no tensor -- is kept alive by a recorded stack. They are turned
 into readable `Frame`s only when a report is written.
@@ -25,7 +25,7 @@ _INTERNAL_DIRS = (_TORCH_DIR, _GRADGUARD_DIR)
 # few and long-lived, so the cache stays small.
 _internal_code: dict = {}
 
-RawStack = Tuple[Tuple[CodeType, int], ...]
+RawStack = Tuple[Tuple[CodeType, int], ...]  # (code, f_lasti), innermost first
 
 MAX_STACK = 32
 
@@ -58,16 +58,26 @@ def capture(skip: int = 1, limit: int = MAX_STACK) -> Tuple[RawStack, Tuple[Code
             if not frames:
                 inner.append(code)
         else:
-            frames.append((code, frame.f_lineno))
+            # f_lasti, not f_lineno: the line number costs a walk of the line table, and
+            # is only needed if this stack ends up in a report.
+            frames.append((code, frame.f_lasti))
             if len(frames) >= limit:
                 break
         frame = frame.f_back
     return tuple(frames), tuple(inner)
 
 
+def line_of(code: CodeType, lasti: int) -> int:
+    for start, end, line in code.co_lines():
+        if start <= lasti < end and line is not None:
+            return line
+    return code.co_firstlineno
+
+
 def resolve(stack: RawStack) -> list[Frame]:
     out = []
-    for code, line in stack:
+    for code, lasti in stack:
+        line = line_of(code, lasti)
         filename = os.path.abspath(code.co_filename)
         source = linecache.getline(code.co_filename, line).strip()
         out.append(Frame(filename, line, getattr(code, "co_qualname", code.co_name), source))

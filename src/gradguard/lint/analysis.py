@@ -344,7 +344,7 @@ class FileAnalyzer:
                 saver = None
                 continue
             if info.inplace and saver is not None:
-                self.facts.sequential.append(SequentialHazard(item, f"nn.{saver.cls}", saver.node.lineno))
+                self.facts.sequential.append(SequentialHazard(item, ast.unparse(saver.node.func), saver.node.lineno))
             if info.inplace:
                 saver = info if info.saves_output else saver
             elif info.cls in T.PASSTHROUGH_MODULES:
@@ -787,16 +787,16 @@ class ScopeWalker:
         """Record an in-place write of ``target`` (the value of ``target_expr``)."""
         if target.obj is None:
             return
+        name = kw.get("target_name")
+        if name is None and target_expr is not None and not isinstance(target_expr, ast.Call):
+            name = dotted(target_expr)
+            kw["target_name"] = name
         if kind == "jax_setitem":
             self.facts.writes.append(Write(kind, node, self.stmt, target, (), in_no_grad=bool(self.no_grad), **kw))
             return
         if not self.has_torch:
             return
         obj = target.obj
-        name = kw.get("target_name")
-        if name is None and target_expr is not None and not isinstance(target_expr, ast.Call):
-            name = dotted(target_expr)
-            kw["target_name"] = name
         binding = self.env.get(name) if name else None
         is_param = binding is not None and binding.index == -1 and name in self.params
         index = self.index
@@ -1106,7 +1106,7 @@ class ScopeWalker:
             text = rd or ""
             if recv.optimizer or (_OPTIMIZER_RE.search(text.rsplit(".", 1)[-1]) and "sched" not in text.lower()) \
                     or ("scaler" in text.lower() and node.args):
-                self.steps.append((self.index, node.lineno, (ast.unparse(func.value) if hasattr(ast, "unparse") else text) + ".step()"))
+                self.steps.append((self.index, node.lineno, ast.unparse(node)))
             return _OTHER
         if self.tape and m in ("assign", "assign_add", "assign_sub", "scatter_nd_update", "scatter_update"):
             self.tape[-1].append((self.index, TapeEvent("assign", node, f"{rd or '?'}.{m}"), rd))

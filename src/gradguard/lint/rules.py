@@ -377,8 +377,8 @@ No automatic fix: reordering training steps changes what is computed.
     def check(self, ctx: FileContext) -> Iterator[Diagnostic]:
         for h in ctx.facts.step_hazards:
             yield self.diagnostic(ctx, h.backward, f"`{h.step_text}` (line {h.step_line}) updates parameters in place "
-                                  f"after `{h.loss}` was computed (line {h.loss_line}); call `backward()` before the step "
-                                  f"or recompute `{h.loss}` after it")
+                                  f"between the forward that built `{h.loss}` (line {h.loss_line}) and its backward; call "
+                                  f"`backward()` before the step or recompute `{h.loss}` after it")
 
 
 class SequentialInplaceAfterSaving(Rule):
