@@ -254,7 +254,7 @@ class Scale(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w):
         ctx.w = w
-        return x * w
+        return x.mm(w)
 ```
 
 Use instead:
@@ -263,7 +263,7 @@ class Scale(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w):
         ctx.save_for_backward(w)
-        return x * w
+        return x.mm(w)
     # in backward: (w,) = ctx.saved_tensors
 ```
 
