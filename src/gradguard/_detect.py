@@ -247,6 +247,9 @@ class DetectSession:
                 mutation.op, mutation.site, via_optimizer=mutation.via == "torch.optim",
                 alias=mutation.alias, backward_source=backward_src, saver_op=saver_op,
             )
+            if kind == "ctx-attribute-mutated":
+                fix += ("; and in the Function, keep tensors with `ctx.save_for_backward(...)` "
+                        "so PyTorch checks them")
         else:
             fix = ("the write was not intercepted (it ran inside C++ code, in another "
                    "thread's compiled region, or before gradguard started); run with "
@@ -386,8 +389,8 @@ class DetectSession:
                      if type(hooks).__name__ == "save_on_cpu" else ""))
 
     def _note_existing_hooks(self) -> None:
-        top = torch._C._autograd._top_saved_tensors_default_hooks(False)
-        if top is not None:
+        top_hooks = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+        if top_hooks is not None and top_hooks(False) is not None:
             self._gap("detect() was entered inside other saved-tensor hooks (such as "
                       "save_on_cpu); gradguard's hooks replace them inside detect()")
 
