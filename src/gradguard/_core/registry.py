@@ -144,6 +144,11 @@ class Registry:
             if self._added > self._SWEEP_MIN and self._dead * 2 > self._added:
                 self._sweep()
 
+    def sweep(self) -> None:
+        """Drop the index entries of dead records now."""
+        with self._lock:
+            self._sweep()
+
     def _sweep(self) -> None:
         live: dict[int, list[weakref.ref]] = {}
         count = 0

@@ -70,6 +70,7 @@ class Runtime:
             if not self.sessions:
                 intercept.uninstall()
                 _unpatch_extras()
+                self.registry.sweep()
 
     def innermost(self) -> Optional["DetectSession"]:
         """This thread's innermost active session."""
