@@ -270,3 +270,25 @@ def test_inference_tensor_inplace():
     (c,) = conflicts
     assert c.kind == "inference-tensor-inplace"
     assert c.write.site.line == line_of("WRITE-inference")
+
+
+@pytest.mark.parametrize("make_opt, op", [
+    (lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, foreach=True), "torch._foreach_add_"),
+    (lambda ps: torch.optim.Adam(ps, lr=0.1, foreach=True), "torch._foreach_"),
+    (lambda ps: torch.optim.AdamW(ps, lr=0.1, fused=True), "torch._fused_adamw_"),
+    (lambda ps: torch.optim.SGD(ps, lr=0.1, foreach=False), "Tensor.add_"),
+])
+def test_every_optimizer_implementation_is_intercepted(make_opt, op):
+    disc = Disc()
+    opt_d = make_opt(disc.parameters())
+    x = torch.randn(8, 4, requires_grad=True)
+    with pytest.raises(gradguard.InplaceConflictError) as info:
+        with gradguard.detect():
+            loss = disc(x).mean()
+            disc(torch.randn(8, 4)).mean().backward()
+            opt_d.step()  # WRITE-opt
+            loss.backward()
+    c = info.value.conflicts[0]
+    assert c.write.op.startswith(op), c.write.op
+    assert c.write.site.line == line_of("WRITE-opt") and c.write.via == "torch.optim"
+    assert c.tensor.name.startswith("disc.fc.")
