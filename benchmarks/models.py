@@ -85,6 +85,7 @@ def gpt2(size: str = "tiny", seed: int = 0) -> Workload:
             pad_token_id=0, attn_implementation="eager",
         )
         model = GPT2LMHeadModel(cfg)
+    model.loss_type = "ForCausalLM"  # the class name does not say it; avoids a warning
     gen = torch.Generator().manual_seed(seed + 1)
     ids = torch.randint(0, s["vocab"], (s["batch"], s["seq"]), generator=gen)
 

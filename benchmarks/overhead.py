@@ -10,7 +10,8 @@ optimizer per condition built from the same seed:
 A training step is: forward, loss, ``loss.backward()``, ``optimizer.step()`` (AdamW),
 ``optimizer.zero_grad()``. After warmup, each repetition runs ``--steps`` steps of every
 condition in turn (round-robin, the order rotated each repetition) so that thermal or
-frequency drift and background noise hit every condition alike. Every step is timed on
+frequency drift and background noise hit every condition alike (the default, one step per
+condition per round, interleaves as finely as possible). Every step is timed on
 its own; the table gives the median and minimum step time and the median's ratio to plain.
 
     python benchmarks/overhead.py                       # all models, defaults
@@ -49,14 +50,16 @@ OPTIMIZERS = {
 }
 
 
-def _step(work: M.Workload, opt: torch.optim.Optimizer, ctx: Callable[[], Any]) -> float:
-    t0 = time.perf_counter()
+def _step(work: M.Workload, opt: torch.optim.Optimizer,
+          ctx: Callable[[], Any]) -> tuple[float, float]:
+    """One timed training step: (wall seconds, process CPU seconds)."""
+    c0, t0 = time.process_time(), time.perf_counter()
     with ctx():
         loss = work.loss()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def bench_model(name: str, size: str, steps: int, repeats: int, warmup: int,
@@ -67,6 +70,7 @@ def bench_model(name: str, size: str, steps: int, repeats: int, warmup: int,
         work.model.train()
         runs[cond] = (work, OPTIMIZERS[optimizer](work.model.parameters()))
     times: Dict[str, List[float]] = {c: [] for c in conditions}
+    cpu: Dict[str, List[float]] = {c: [] for c in conditions}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # anomaly mode warns on every entry
         for cond in conditions:
@@ -78,7 +82,9 @@ def bench_model(name: str, size: str, steps: int, repeats: int, warmup: int,
             for cond in order:
                 work, opt = runs[cond]
                 for _ in range(steps):
-                    times[cond].append(_step(work, opt, CONDITIONS[cond]))
+                    wall, proc = _step(work, opt, CONDITIONS[cond])
+                    times[cond].append(wall)
+                    cpu[cond].append(proc)
     config = runs[conditions[0]][0].config
     params = sum(p.numel() for p in runs[conditions[0]][0].model.parameters())
     result = {"model": name, "config": config, "params": params, "conditions": {}}
@@ -86,11 +92,18 @@ def bench_model(name: str, size: str, steps: int, repeats: int, warmup: int,
     for cond in conditions:
         ts = times[cond]
         med = statistics.median(ts)
+        cpu_med = statistics.median(cpu[cond])
+        # paired: each step against the plain step of the same round (same noise, mostly)
+        paired = [t / p for t, p in zip(ts, times["plain"])] if base else []
         result["conditions"][cond] = {
             "median_ms": med * 1e3, "min_ms": min(ts) * 1e3, "n": len(ts),
             "ratio_median": (med / base) if base else None,
             "ratio_min": (min(ts) / min(times["plain"])) if base else None,
+            "ratio_paired_median": statistics.median(paired) if paired else None,
+            "cpu_median_ms": cpu_med * 1e3,
+            "ratio_cpu_median": cpu_med / statistics.median(cpu["plain"]) if base else None,
             "times_ms": [t * 1e3 for t in ts],
+            "cpu_ms": [t * 1e3 for t in cpu[cond]],
         }
     return result
 
@@ -98,8 +111,10 @@ def bench_model(name: str, size: str, steps: int, repeats: int, warmup: int,
 def markdown(results: List[dict], meta: dict) -> str:
     lines = [
         f"torch {meta['torch']}, {meta['threads']} threads, {meta['machine']}; "
-        f"optimizer {meta['optimizer']}; {meta['steps']} steps x {meta['repeats']} "
-        f"repeats per condition (after {meta['warmup']} warmup), interleaved",
+        f"optimizer {meta['optimizer']}; {meta['steps'] * meta['repeats']} timed steps per "
+        f"condition (after {meta['warmup']} warmup), interleaved round-robin "
+        f"{meta['steps']} step(s) at a time. Ratio cells: median wall time / plain's "
+        "(in brackets: min / plain's min; process CPU time median / plain's).",
         "",
         "| model | config | plain median (min) ms | detect median (min) ms | detect / plain "
         "| anomaly median (min) ms | anomaly / plain |",
@@ -116,7 +131,8 @@ def markdown(results: List[dict], meta: dict) -> str:
                 continue
             cells.append(f"{c[cond]['median_ms']:.1f} ({c[cond]['min_ms']:.1f})")
             if cond != "plain":
-                cells.append(f"{c[cond]['ratio_median']:.3f}x (min {c[cond]['ratio_min']:.3f}x)")
+                cells.append(f"**{c[cond]['ratio_median']:.3f}x** (min {c[cond]['ratio_min']:.3f}x; "
+                             f"cpu {c[cond]['ratio_cpu_median']:.3f}x)")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -125,8 +141,9 @@ def main(argv: List[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(DEFAULT_MODELS),
                     help=f"comma-separated, from {sorted(M.BUILDERS)}")
-    ap.add_argument("--steps", type=int, default=5, help="timed steps per condition per repeat")
-    ap.add_argument("--repeats", type=int, default=6, help="round-robin repetitions")
+    ap.add_argument("--steps", type=int, default=1,
+                    help="timed steps of one condition before switching to the next")
+    ap.add_argument("--repeats", type=int, default=20, help="round-robin repetitions")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per condition")
     ap.add_argument("--size", default="bench", choices=["tiny", "bench"])
     ap.add_argument("--optimizer", default="adamw", choices=sorted(OPTIMIZERS))
@@ -144,6 +161,7 @@ def main(argv: List[str] | None = None) -> int:
         "machine": f"{platform.machine()} CPU ({os.cpu_count()} cores visible)",
         "optimizer": args.optimizer, "steps": args.steps, "repeats": args.repeats,
         "warmup": args.warmup, "size": args.size,
+        "loadavg_start": os.getloadavg(),
     }
     results = []
     for name in args.models.split(","):
@@ -156,7 +174,11 @@ def main(argv: List[str] | None = None) -> int:
                           for k, v in c.items())
         print(f"# {name}: {extra}  [{time.perf_counter() - t0:.0f}s]", file=sys.stderr,
               flush=True)
+    meta["loadavg_end"] = os.getloadavg()
     print(markdown(results, meta))
+    print(f"\nload average (1, 5, 15 min) at start {meta['loadavg_start']}, at end "
+          f"{meta['loadavg_end']}: above {meta['threads']} means other processes competed "
+          "for the cores; trust the min columns more then.")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "results": results}, f, indent=1)

@@ -133,6 +133,9 @@ def _compare(plain: dict, guarded: dict) -> None:
 @pytest.fixture(autouse=True)
 def _deterministic():
     threads = torch.get_num_threads()
+    # One intra-op thread: tiny models gain nothing from more, and OpenMP threads stall
+    # badly when another process holds a core (CI runners, parallel test jobs).
+    torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     yield
     torch.use_deterministic_algorithms(False)
@@ -209,6 +212,7 @@ def _tensor_count() -> int:
 
 def _flat_loop(work: Any, opt: torch.optim.Optimizer, steps: int, probes: List[int]) -> dict:
     samples: dict = {}
+    per_step = 64
     with gradguard.detect(on_conflict="raise") as session:
         for step in range(1, steps + 1):
             loss = work.loss()
@@ -218,11 +222,19 @@ def _flat_loop(work: Any, opt: torch.optim.Optimizer, steps: int, probes: List[i
             opt.zero_grad()
             del loss
             assert len(runtime.registry) == 0, f"step {step}: records outlived backward"
-            assert runtime.registry._by_storage == {}
+            # dead index entries are swept in bulk (amortized), so the index stays bounded
+            index = sum(len(refs) for refs in runtime.registry._by_storage.values())
+            assert index <= 2 * runtime.registry._SWEEP_MIN + 4 * per_step, (step, index)
             if step in probes:
+                runtime.registry.sweep()
+                assert runtime.registry._by_storage == {}
                 gc.collect()
                 samples[step] = (len(gc.get_objects()), _tensor_count())
+            elif step == 1:
+                per_step = max(per_step, runtime.registry._added)
     assert session.conflicts == []
+    # the last session's exit sweeps the index
+    assert runtime.registry._by_storage == {} and len(runtime.registry) == 0
     return samples
 
 
