@@ -19,6 +19,9 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 
 _MISSING = object()
+# Bound once: dynamo recognises this function by identity and folds it to True while
+# tracing, so compiled code skips gradguard's bookkeeping (and guards on none of it).
+_is_compiling = torch.compiler.is_compiling
 
 # In-place Tensor methods that do not write tensor data or metadata.
 _NOT_WRITES = frozenset({
@@ -76,7 +79,7 @@ def _targets_out(args: tuple, kwargs: dict) -> Iterable[torch.Tensor]:
 def _make_wrapper(orig: Callable, op: str, targets: Callable, whole: bool) -> Callable:
     def gradguard_write(*args: Any, **kwargs: Any) -> Any:
         listener = _listener
-        if listener is None or state.busy or torch.compiler.is_compiling():
+        if listener is None or state.busy or _is_compiling():
             return orig(*args, **kwargs)
         token = listener.before_write(op, targets(args, kwargs), whole)
         try:
@@ -96,7 +99,7 @@ def _make_out_wrapper(orig: Callable, op: str) -> Callable:
         if "out" not in kwargs:
             return orig(*args, **kwargs)
         listener = _listener
-        if listener is None or state.busy or torch.compiler.is_compiling():
+        if listener is None or state.busy or _is_compiling():
             return orig(*args, **kwargs)
         token = listener.before_write(op, _targets_out(args, kwargs), False)
         try:
@@ -117,7 +120,7 @@ def _data_setter_wrapper() -> property:
 
     def set_data(self: torch.Tensor, value: torch.Tensor) -> None:
         listener = _listener
-        if listener is None or state.busy or torch.compiler.is_compiling():
+        if listener is None or state.busy or _is_compiling():
             return setter(self, value)
         token = listener.before_write("Tensor.data (assignment)", (self,), True)
         try:
@@ -241,9 +244,16 @@ def installed() -> bool:
     return bool(_installed)
 
 
+_registered_for_torchscript = False
+
+
 def _register_for_torchscript(plan: list[tuple[Any, str, Callable]]) -> None:
     """TorchScript resolves ``torch.relu_`` by identity in its builtin table; teach it our
     wrappers so scripting a function while gradguard is active still works."""
+    global _registered_for_torchscript
+    if _registered_for_torchscript:
+        return
+    _registered_for_torchscript = True
     try:
         from torch.jit import _builtins
     except ImportError:  # pragma: no cover

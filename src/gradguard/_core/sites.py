@@ -28,6 +28,10 @@ _internal_code: dict = {}
 RawStack = Tuple[Tuple[CodeType, int], ...]  # (code, f_lasti), innermost first
 
 MAX_STACK = 32
+# Frames walked per capture, user and internal together: deep module nesting puts two
+# torch frames (`_wrapped_call_impl`, `_call_impl`) between every pair of user frames,
+# and the walk is paid once per saved tensor.
+MAX_WALK = 96
 
 
 def is_internal_file(filename: str) -> bool:
@@ -49,7 +53,9 @@ def capture(skip: int = 1, limit: int = MAX_STACK) -> Tuple[RawStack, Tuple[Code
     frames = []
     inner = []
     internal = _internal_code
-    while frame is not None:
+    budget = MAX_WALK
+    while frame is not None and budget:
+        budget -= 1
         code = frame.f_code
         hit = internal.get(code)
         if hit is None:

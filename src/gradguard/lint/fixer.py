@@ -376,7 +376,11 @@ def apply_fixes(source: str, fixes: Sequence[Fix]) -> FixOutcome:
     if not fixes:
         return FixOutcome(source)
     unique = list(dict.fromkeys(fixes))
-    module = cst.parse_module(source)
+    try:
+        module = cst.parse_module(source)
+    except cst.ParserSyntaxError as exc:  # syntax newer than this libcst understands
+        reason = f"libcst cannot parse this file: {str(exc).splitlines()[0]}"
+        return FixOutcome(source, [], [(f, reason) for f in unique])
     torch_name = _torch_binding(module)
     transformer = _FixTransformer(unique, torch_name or "torch")
     new_module = MetadataWrapper(module).visit(transformer)

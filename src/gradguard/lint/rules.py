@@ -601,8 +601,10 @@ function, `.data` is just dropped).  Unsafe for `w.data = t`, rewritten as
                 hint = f"`with torch.no_grad(): {n}.{w.method}(...)`"
             elif w.data_form == "assign":
                 hint = f"`with torch.no_grad(): {n}.copy_(...)`"
+            elif w.data_form == "setitem":
+                hint = f"`with torch.no_grad(): {n}[...] = ...`"
             else:
-                hint = f"write to `{n}` under `torch.no_grad()`"
+                hint = f"`with torch.no_grad(): {n} += ...`"
             yield self.diagnostic(ctx, w.node, f"write through `{n}.data` bypasses autograd's version check; use "
                                   f"{hint}", _data_fix(ctx, w, True))
 
