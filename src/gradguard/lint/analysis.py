@@ -47,6 +47,13 @@ class Save:
     op: str
     line: int
     output: bool  # True: the op saved its own result
+    branch: tuple = ()  # the if/else arms the save happened in (see ScopeWalker.branch)
+
+
+def exclusive(a: tuple, b: tuple) -> bool:
+    """Two program points in different arms of the same ``if``: never both run."""
+    arms = dict(a)
+    return any(arms.get(node, arm) != arm for node, arm in b)
 
 
 @dataclass(eq=False)
@@ -433,6 +440,7 @@ class ScopeWalker:
         self.external_names: set[str] = set()
         self.has_torch = "torch" in fa.facts.frameworks
         self.index_lines: dict[int, int] = {}
+        self.branch: list = []  # (id of an If/Try statement, arm) for each enclosing arm
         self.params: set[str] = set()
 
     # -- helpers --------------------------------------------------------
@@ -455,7 +463,7 @@ class ScopeWalker:
             return
         if all(g.nograd or g.obj is None for g in (grad_from if grad_from is not None else [v])):
             return
-        v.obj.saves.append(Save(op, node.lineno, output))
+        v.obj.saves.append(Save(op, node.lineno, output, tuple(self.branch)))
 
     def bind(self, name: str, v: Val) -> None:
         self.locals.add(name)
@@ -571,7 +579,14 @@ class ScopeWalker:
         elif isinstance(stmt, (ast.Return,)):
             if stmt.value is not None:
                 self.ev(stmt.value)
-        elif isinstance(stmt, (ast.If, ast.While)):
+        elif isinstance(stmt, ast.If):
+            self.ev(stmt.test)
+            self.branch.append((id(stmt), "body"))
+            self.walk_body(stmt.body)
+            self.branch[-1] = (id(stmt), "orelse")
+            self.walk_body(stmt.orelse)
+            self.branch.pop()
+        elif isinstance(stmt, ast.While):
             self.ev(stmt.test)
             self.walk_body(stmt.body)
             self.walk_body(stmt.orelse)
@@ -815,7 +830,9 @@ class ScopeWalker:
                 return binding is not None and not any(r > index for r in binding.reads)
             return True
 
-        w = Write(kind, node, self.stmt, target, tuple(obj.saves), safe=safe,
+        here = tuple(self.branch)
+        saves = tuple(sv for sv in obj.saves if not exclusive(sv.branch, here))
+        w = Write(kind, node, self.stmt, target, saves, safe=safe,
                   in_no_grad=bool(self.no_grad), is_param=is_param, **kw)
         self.facts.writes.append(w)
 
@@ -1106,7 +1123,7 @@ class ScopeWalker:
             text = rd or ""
             if recv.optimizer or (_OPTIMIZER_RE.search(text.rsplit(".", 1)[-1]) and "sched" not in text.lower()) \
                     or ("scaler" in text.lower() and node.args):
-                self.steps.append((self.index, node.lineno, ast.unparse(node)))
+                self.steps.append((self.index, node.lineno, ast.unparse(node), tuple(self.branch)))
             return _OTHER
         if self.tape and m in ("assign", "assign_add", "assign_sub", "scatter_nd_update", "scatter_update"):
             self.tape[-1].append((self.index, TapeEvent("assign", node, f"{rd or '?'}.{m}"), rd))
@@ -1198,8 +1215,9 @@ class ScopeWalker:
                 return
         if loss.origin is None:
             return
-        for idx, line, text in self.steps:
-            if loss.origin < idx < self.index:
+        here = tuple(self.branch)
+        for idx, line, text, branch in reversed(self.steps):  # the step closest to the backward
+            if loss.origin < idx < self.index and not exclusive(branch, here):
                 label = ast.unparse(loss_node) if hasattr(ast, "unparse") else "loss"
                 origin_line = self.index_lines.get(loss.origin, 0)
                 self.facts.step_hazards.append(StepHazard(node, label, origin_line, line, text))
