@@ -148,6 +148,7 @@ def run_from_report(args: argparse.Namespace) -> int:
         by_file.setdefault(file, []).append((line, op))
     unsafe = bool(args.unsafe_fixes)
     fixed = problems = 0
+    changed = False
     for file, lines in by_file.items():
         path = Path(file)
         if "site-packages" in path.parts or "dist-packages" in path.parts:
@@ -184,7 +185,10 @@ def run_from_report(args: argparse.Namespace) -> int:
             problems += 1
         fixed += len(outcome.applied)
         if outcome.source != source:
+            changed = True
             write_or_diff(path, file, source, outcome.source, args.diff, raw)
     print(f"{'Would fix' if args.diff else 'Fixed'} {fixed} of {len(sites)} reported write site"
           f"{'s' if len(sites) != 1 else ''}.", file=sys.stderr if args.diff else sys.stdout)
+    if args.diff:  # as for `fix --diff`: 1 when there is something to change
+        return 1 if changed or problems else 0
     return 1 if problems else 0
