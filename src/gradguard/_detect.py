@@ -212,7 +212,10 @@ class DetectSession:
         aliasing: dict[str, Any] = {}
         s_start, s_end = byte_range(t)
         if write is not None:
-            alias = ".data" if (hits and not moved and pending is None) else None
+            # Saved bytes changed but the version did not: the write went through an
+            # alias with its own version counter (`.data`), or a kernel that bumps none.
+            silent = bool(hits) and not moved and pending is None
+            alias = ".data" if silent and ".data" in sites.source_of(write.stack) else None
             mutation = Mutation(
                 op=write.op, stack=sites.resolve(write.stack),
                 via="torch.optim" if sites.called_through(write.entry, _OPTIM_PATH) else None,
@@ -274,7 +277,8 @@ class DetectSession:
             detail = f"{who} needs {what}, saved at version {rec.version}; "
             detail += (f"it is now at version {t._version}" if moved else
                        "its version did not move (the write went through an alias with its "
-                       "own version counter, such as `.data`), so PyTorch would not notice")
+                       "own version counter, such as `.data`, or a kernel that bumps none), "
+                       "so PyTorch would not notice and the gradient is silently wrong")
         conflict = Conflict(kind=kind, write=mutation, saved=saved, tensor=tensor,
                             overlap=overlap, aliasing=aliasing, fix=fix, detail=detail)
         # A moved version is what stock PyTorch rejects (it checks everything saved, but

@@ -13,7 +13,9 @@ from typing import Optional
 import torch
 
 from gradguard._core.registry import byte_range, storage_key
-from gradguard._core.sites import innermost_user_frame, is_internal_file
+from gradguard._core.sites import (
+    innermost_user_frame, is_internal_file, user_frames_of_other_threads,
+)
 
 
 def _modules() -> list[torch.nn.Module]:
@@ -24,16 +26,17 @@ def _modules() -> list[torch.nn.Module]:
 
 
 def _root_name(root: torch.nn.Module) -> str:
-    frame = innermost_user_frame(1)
-    while frame is not None:
-        if is_internal_file(frame.f_code.co_filename):
+    """The variable holding ``root`` in the user's live frames (this thread's first, then
+    the others': on a GPU, backward's hooks run on a device thread with no user frames)."""
+    starts = [innermost_user_frame(1)] + user_frames_of_other_threads()
+    for frame in starts:
+        while frame is not None:
+            if not is_internal_file(frame.f_code.co_filename):
+                for scope in (frame.f_locals, frame.f_globals):
+                    for name, value in list(scope.items()):
+                        if value is root and not name.startswith("_"):
+                            return name
             frame = frame.f_back
-            continue
-        for scope in (frame.f_locals, frame.f_globals):
-            for name, value in list(scope.items()):
-                if value is root and not name.startswith("_"):
-                    return name
-        frame = frame.f_back
     return type(root).__name__
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import linecache
 import os
 import sys
+import threading
 from types import CodeType
 from typing import Optional, Tuple
 
@@ -92,14 +93,45 @@ def resolve(stack: RawStack) -> list[Frame]:
 
 def innermost_user_frame(skip: int = 1):
     """The innermost live frame outside torch and gradguard (or None), e.g. the line that
-    called ``loss.backward()`` when asked from inside a saved-tensor unpack hook."""
-    frame = sys._getframe(skip)
+    called ``loss.backward()`` when asked from inside a saved-tensor unpack hook.
+
+    On a GPU, unpack runs on one of autograd's device threads, which has no user frames;
+    then the user frame is found on the thread that is waiting in ``backward()``."""
+    frame = _first_user(sys._getframe(skip))
+    if frame is None:
+        for other in user_frames_of_other_threads():
+            if "backward(" in linecache.getline(other.f_code.co_filename, other.f_lineno):
+                return other
+    return frame
+
+
+def _first_user(frame):
     while frame is not None and _is_internal(frame.f_code):
         frame = frame.f_back
     return frame
+
+
+def user_frames_of_other_threads() -> list:
+    """The innermost user frame of every other thread."""
+    me = threading.get_ident()
+    frames = []
+    for ident, frame in sys._current_frames().items():
+        if ident != me:
+            frame = _first_user(frame)
+            if frame is not None:
+                frames.append(frame)
+    return frames
 
 
 def called_through(inner: Tuple[CodeType, ...], path_part: str) -> bool:
     """Whether torch code whose file path contains ``path_part`` ran between the user's
     line and the captured point."""
     return any(path_part in code.co_filename for code in inner)
+
+
+def source_of(stack: RawStack) -> str:
+    """Source line of the innermost frame of a raw stack ('' if none)."""
+    if not stack:
+        return ""
+    code, lasti = stack[0]
+    return linecache.getline(code.co_filename, line_of(code, lasti))
