@@ -157,7 +157,6 @@ class DetectSession:
         rec = SavedRecord(t if t.is_leaf else t.detach(), version, storage_key(t), self, stack)
         rec.inner = entry
         rec.producer = type(t.grad_fn)
-        rec.tensor_type = type(t)
         if rec.key is not None:
             runtime.registry.add(rec)
         if self.checksum:

@@ -40,7 +40,7 @@ class SavedRecord:
 
     __slots__ = (
         "tensor", "version", "key", "owner", "stack", "kind", "label", "writes",
-        "checksum", "producer", "tensor_type", "inner", "__weakref__",
+        "checksum", "producer", "inner", "__weakref__",
     )
 
     def __init__(self, tensor: torch.Tensor, version: int, key: Optional[int], owner: Any,
@@ -55,7 +55,6 @@ class SavedRecord:
         self.writes: Optional[list[tuple[WriteRecord, bool]]] = None  # (write, overlaps?)
         self.checksum: Optional[int] = None
         self.producer: Optional[type] = None
-        self.tensor_type: Optional[type] = None
         self.inner: tuple = ()  # torch code between the user's line and the save
 
 

@@ -181,7 +181,6 @@ def new_record(t: torch.Tensor, owner: Any, kind: str, label: Optional[str], ski
     rec = SavedRecord(t if t.is_leaf else t.detach(), t._version, storage_key(t), owner, stack,
                       kind, label)
     rec.producer = type(t.grad_fn) if t.grad_fn is not None else None
-    rec.tensor_type = type(t)
     if rec.key is not None:
         runtime.registry.add(rec)
     return rec
