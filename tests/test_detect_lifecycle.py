@@ -160,14 +160,15 @@ def test_memory_flat_over_1000_steps():
                 counts[step] = (
                     sum(issubclass(type(o), torch.Tensor) for o in objects),
                     len(runtime.registry),
-                    sum(len(refs) for refs in runtime.registry._by_storage.values()),
+                    runtime.registry.index_size(),
                 )
                 del objects  # it holds this step's tensors
     assert s.conflicts == []
     assert counts[999][0] == counts[99][0], counts  # no tensor kept alive across steps
     assert counts[999][1] == 0 and counts[99][1] == 0  # no live record after backward
     # Dead weak references are swept in batches, so the index stays bounded.
-    assert counts[999][2] <= 2 * runtime.registry._SWEEP_MIN, counts
+    registry = runtime.registry
+    assert counts[999][2] <= registry._DRAIN_AT + 2 * registry._SWEEP_MIN, counts
 
 
 def test_threads_each_with_a_session():
@@ -204,9 +205,9 @@ def test_nested_sessions_share_findings_with_the_outer():
             y = x.exp()
             y.data.zero_()
             y.sum().backward()
-        assert intercept.installed()  # the outer session still needs the patches
+        assert intercept.active()  # the outer session still needs the patches
     assert len(inner.conflicts) == 1 and outer.conflicts == inner.conflicts
-    assert not intercept.installed()
+    assert not intercept.active()
 
 
 def test_backward_after_the_session_exits_is_still_checked():
@@ -288,3 +289,24 @@ def test_torchscript_still_works_under_detect():
         scripted = torch.jit.script(g)
         assert torch.equal(f(torch.ones(2)), torch.full((2,), 2.0))
         assert torch.equal(scripted(torch.ones(2)), torch.full((2,), 2.0))
+
+
+def test_patches_pass_through_after_exit_and_unpatch_restores_originals():
+    from gradguard._core.runtime import unpatch_all
+
+    unpatch_all()  # earlier tests left the (inactive) patches in place
+    originals = (torch.relu_, torch.add, torch._foreach_add_, torch.Tensor.__setitem__)
+    with gradguard.detect():
+        assert torch.relu_ is not originals[0]  # patched while active
+    x = torch.ones(3)
+    x.add_(1)  # inactive wrappers pass straight through
+    assert torch.equal(x, torch.full((3,), 2.0))
+    unpatch_all()
+    assert "add_" not in torch.Tensor.__dict__ and "data" not in torch.Tensor.__dict__
+    assert (torch.relu_, torch.add, torch._foreach_add_, torch.Tensor.__setitem__) == originals
+    assert not intercept.installed()
+    with pytest.raises(gradguard.InplaceConflictError):  # and it installs again on demand
+        with gradguard.detect():
+            y = torch.randn(2, requires_grad=True).exp()
+            y.mul_(2)
+            y.sum().backward()

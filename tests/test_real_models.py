@@ -127,7 +127,7 @@ def _compare(plain: dict, guarded: dict) -> None:
         _assert_identical(plain[key], guarded[key], key)
     assert runtime.registry.records() == []
     assert len(runtime.registry) == 0
-    assert not intercept.installed()
+    assert not intercept.active()
 
 
 @pytest.fixture(autouse=True)
@@ -216,25 +216,27 @@ def _flat_loop(work: Any, opt: torch.optim.Optimizer, steps: int, probes: List[i
     with gradguard.detect(on_conflict="raise") as session:
         for step in range(1, steps + 1):
             loss = work.loss()
-            assert len(runtime.registry) > 0  # the graph's saved tensors are registered
+            live = len(runtime.registry)
+            assert live > 0  # the graph's saved tensors are registered
             loss.backward()
             opt.step()
             opt.zero_grad()
             del loss
             assert len(runtime.registry) == 0, f"step {step}: records outlived backward"
             # dead index entries are swept in bulk (amortized), so the index stays bounded
-            index = sum(len(refs) for refs in runtime.registry._by_storage.values())
-            assert index <= 2 * runtime.registry._SWEEP_MIN + 4 * per_step, (step, index)
+            index = runtime.registry.index_size()
+            bound = runtime.registry._DRAIN_AT + 2 * runtime.registry._SWEEP_MIN + 4 * per_step
+            assert index <= bound, (step, index)
             if step in probes:
                 runtime.registry.sweep()
-                assert runtime.registry._by_storage == {}
+                assert runtime.registry.index_size() == 0
                 gc.collect()
                 samples[step] = (len(gc.get_objects()), _tensor_count())
             elif step == 1:
-                per_step = max(per_step, runtime.registry._added)
+                per_step = max(per_step, live)
     assert session.conflicts == []
     # the last session's exit sweeps the index
-    assert runtime.registry._by_storage == {} and len(runtime.registry) == 0
+    assert runtime.registry.index_size() == 0 and len(runtime.registry) == 0
     return samples
 
 
@@ -249,7 +251,7 @@ def test_memory_flat_mlp_1000_steps() -> None:
     opt = torch.optim.AdamW(work.model.parameters(), lr=1e-3, foreach=True)
     samples = _flat_loop(work, opt, 1000, probes=[100, 1000])
     _assert_flat(samples, 100, 1000, slack=50)
-    assert len(runtime.registry) == 0 and not intercept.installed()
+    assert len(runtime.registry) == 0 and not intercept.active()
 
 
 def test_memory_flat_gpt2_200_steps() -> None:
@@ -267,7 +269,7 @@ def test_no_record_survives_session_and_backward() -> None:
     with gradguard.detect(on_conflict="raise") as session:
         loss = work.loss()
     assert len(runtime.registry) > 0
-    assert not intercept.installed()
+    assert not intercept.active()
     loss.backward()
     del loss
     assert len(runtime.registry) == 0

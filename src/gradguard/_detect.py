@@ -154,11 +154,11 @@ class DetectSession:
             version = t._version
         except RuntimeError:  # inference tensors have no version counter: nothing to check
             return t
-        rec = SavedRecord(t if t.is_leaf else t.detach(), version, storage_key(t), self, stack)
+        # The storage key is computed lazily, if a write ever needs to look it up.
+        rec = SavedRecord(t if t.is_leaf else t.detach(), version, None, self, stack)
         rec.inner = entry
         rec.producer = type(t.grad_fn)
-        if rec.key is not None:
-            runtime.registry.add(rec)
+        runtime.registry.add(rec)
         if self.checksum:
             rec.checksum = _fingerprint(t)
         return rec

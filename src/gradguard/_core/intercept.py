@@ -8,8 +8,10 @@ others, sees writes made inside torch's own Python code (optimizers' ``_foreach_
 works on every thread. Writes made from C++ (e.g. batch norm's running stats) are not
 seen here; the version re-check at unpack is the net for those.
 
-Patches are installed while at least one gradguard session is active and removed after
-the last one exits, restoring the exact original attributes.
+Patches are installed when the first gradguard session starts and then stay, inactive,
+when the last one exits: an inactive wrapper is one global read before the original call,
+while re-patching ~700 attributes on every `with detect():` cost ~1.5 ms (measured on a
+ResNet step entered per step). `uninstall()` restores the exact original attributes.
 """
 from __future__ import annotations
 
@@ -208,7 +210,8 @@ _PLAN: Optional[list[tuple[Any, str, Callable]]] = None
 
 
 def install(listener: Any) -> None:
-    """Patch every write entry point; `listener.before_write`/`write_failed` get told."""
+    """Patch every write entry point (once) and make `listener` the one told of writes
+    (`before_write` / `write_failed`)."""
     global _listener, _PLAN
     with _lock:
         if _installed:
@@ -240,8 +243,18 @@ def uninstall() -> None:
                 setattr(owner, name, orig)
 
 
+def deactivate() -> None:
+    """Leave the patches in place but make every wrapper a plain pass-through."""
+    global _listener
+    _listener = None
+
+
 def installed() -> bool:
     return bool(_installed)
+
+
+def active() -> bool:
+    return _listener is not None
 
 
 _registered_for_torchscript = False

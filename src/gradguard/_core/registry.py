@@ -11,6 +11,7 @@ storage and byte range, never by ``data_ptr()`` equality or version counters alo
 from __future__ import annotations
 
 import threading
+from collections import deque
 import weakref
 from typing import Any, Iterator, Optional
 
@@ -102,75 +103,106 @@ def overlaps(saved: torch.Tensor, start: int, end: int, written: Optional[torch.
 
 
 class Registry:
-    """Live saved records by storage key.
+    """Live saved records, indexed by storage when a write needs them.
 
-    Hot path: `add` runs once per saved tensor, so it is a lock, a list append and a
-    weak reference. Dead references are not removed one by one (that would cost a lock and
-    two dict operations per saved tensor when the graph is freed); a death only bumps a
-    counter, and the index is rebuilt without the dead once they outnumber the living.
+    `add` runs once per saved tensor, so it only appends a weak reference to a queue. The
+    queue is indexed by storage lazily, when an intercepted write needs to look up its
+    storage (or the queue grows long): most records die with their graph before any write
+    happens, and never cost a lookup, a lock or a callback. Indexed records carry a weak
+    reference callback that keeps the count of live indexed records exact, which is what
+    lets a write with nothing saved (every optimizer step after backward) return at once.
     Thread-safe: unpack and graph teardown run on autograd worker threads.
     """
 
     _SWEEP_MIN = 1024
+    _DRAIN_AT = 4096
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._by_storage: dict[int, list[weakref.ref]] = {}
-        self._added = 0  # only changed under the lock
-        self._dead = 0  # bumped by weakref callbacks; may undercount, never overcount
+        # Reentrant: a record can die (and its callback take the lock) while we hold it.
+        self._lock = threading.RLock()
+        self._pending: deque[weakref.ref] = deque()
+        self._index: dict[int, list[weakref.ref]] = {}
+        self._indexed_live = 0
+        self._indexed_refs = 0  # dead ones included, until a sweep
         self._on_dead = self._count_dead
 
-    def _count_dead(self, _ref: weakref.ref) -> None:
-        self._dead += 1
-
-    def __len__(self) -> int:
-        """Number of live records (exact; O(n), for tests and diagnostics)."""
-        return len(self.records())
+    def add(self, rec: SavedRecord) -> None:
+        pending = self._pending
+        pending.append(weakref.ref(rec))
+        if len(pending) > self._DRAIN_AT:
+            with self._lock:
+                self._drain()
 
     def maybe_live(self) -> bool:
         """Cheap: False only when no record can be alive."""
-        return self._added > self._dead
+        return bool(self._pending) or self._indexed_live > 0
 
-    def add(self, rec: SavedRecord) -> None:
-        ref = weakref.ref(rec, self._on_dead)
+    def _count_dead(self, _ref: weakref.ref) -> None:
         with self._lock:
-            bucket = self._by_storage.get(rec.key)
+            self._indexed_live -= 1
+
+    def _drain(self) -> None:
+        pending = self._pending
+        index = self._index
+        while True:
+            try:
+                ref = pending.popleft()
+            except IndexError:
+                break
+            rec = ref()
+            if rec is None:
+                continue
+            if rec.key is None:
+                rec.key = storage_key(rec.tensor)
+                if rec.key is None:
+                    continue
+            bucket = index.get(rec.key)
             if bucket is None:
-                self._by_storage[rec.key] = [ref]
-            else:
-                bucket.append(ref)
-            self._added += 1
-            if self._added > self._SWEEP_MIN and self._dead * 2 > self._added:
-                self._sweep()
-
-    def sweep(self) -> None:
-        """Drop the index entries of dead records now."""
-        with self._lock:
+                bucket = index[rec.key] = []
+            bucket.append(weakref.ref(rec, self._on_dead))
+            self._indexed_live += 1
+            self._indexed_refs += 1
+            del rec
+        if self._indexed_refs > self._SWEEP_MIN and self._indexed_refs > 2 * self._indexed_live:
             self._sweep()
 
     def _sweep(self) -> None:
         live: dict[int, list[weakref.ref]] = {}
         count = 0
-        for key, refs in self._by_storage.items():
+        for key, refs in self._index.items():
             kept = [r for r in refs if r() is not None]
             if kept:
                 live[key] = kept
                 count += len(kept)
-        self._by_storage = live
-        self._added, self._dead = count, 0
+        self._index = live
+        self._indexed_refs = count
 
-    def on_storage(self, key: int) -> Iterator[SavedRecord]:
+    def sweep(self) -> None:
+        """Index what is pending and drop the entries of dead records now."""
         with self._lock:
-            refs = list(self._by_storage.get(key, ()))
-        for ref in refs:
-            rec = ref()
-            if rec is not None:
-                yield rec
+            self._drain()
+            self._sweep()
 
-    def has_storage(self, key: int) -> bool:
-        return key in self._by_storage
+    def on_storage(self, key: int) -> list[SavedRecord]:
+        """Live records whose tensor lies in the storage ``key``."""
+        with self._lock:
+            self._drain()
+            refs = self._index.get(key)
+            if not refs:
+                return []
+            found = [r for r in (ref() for ref in refs) if r is not None]
+        return found
 
     def records(self) -> list[SavedRecord]:
         with self._lock:
-            refs = [r for refs in self._by_storage.values() for r in refs]
+            self._drain()
+            refs = [r for refs in self._index.values() for r in refs]
         return [r for r in (ref() for ref in refs) if r is not None]
+
+    def __len__(self) -> int:
+        """Number of live records (exact; O(n), for tests and diagnostics)."""
+        return len(self.records())
+
+    def index_size(self) -> int:
+        """Weak references held, dead ones included (bounded by the sweeps)."""
+        return len(self._pending) + self._indexed_refs

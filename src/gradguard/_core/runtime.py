@@ -52,7 +52,8 @@ class Runtime:
                 self.eager_sessions += 1
             if len(self.sessions) == 1:
                 intercept.install(self)
-                _patch_extras()
+                if not _extras:
+                    _patch_extras()
 
     def release(self, session: "DetectSession") -> None:
         stack = self._local.stack
@@ -68,8 +69,9 @@ class Runtime:
             if session.eager:
                 self.eager_sessions -= 1
             if not self.sessions:
-                intercept.uninstall()
-                _unpatch_extras()
+                # Patches stay, inactive (see intercept's docstring); the extras below
+                # pass through when no session is active.
+                intercept.deactivate()
                 self.registry.sweep()
 
     def innermost(self) -> Optional["DetectSession"]:
@@ -87,9 +89,9 @@ class Runtime:
         write: Optional[WriteRecord] = None
         for t in tensors:
             key = storage_key(t)
-            if key is None or not registry.has_storage(key):
+            if key is None:
                 continue
-            records = list(registry.on_storage(key))
+            records = registry.on_storage(key)
             if not records:
                 continue
             start, end = byte_range(t)
@@ -169,6 +171,15 @@ def _patch_extras() -> None:
         setattr(owner, name, value)
 
 
+def unpatch_all() -> None:
+    """Restore every attribute gradguard patched (no session may be active)."""
+    with runtime._lock:
+        if runtime.sessions:
+            raise RuntimeError("gradguard sessions are still active")
+        intercept.uninstall()
+        _unpatch_extras()
+
+
 def _unpatch_extras() -> None:
     while _extras:
         owner, name, orig = _extras.pop()
@@ -178,9 +189,8 @@ def _unpatch_extras() -> None:
 def new_record(t: torch.Tensor, owner: Any, kind: str, label: Optional[str], skip: int) -> SavedRecord:
     """Register ``t`` as saved: for the ctx-attribute and checkpoint-input paths."""
     stack, _ = sites.capture(skip=skip)
-    rec = SavedRecord(t if t.is_leaf else t.detach(), t._version, storage_key(t), owner, stack,
+    rec = SavedRecord(t if t.is_leaf else t.detach(), t._version, None, owner, stack,
                       kind, label)
     rec.producer = type(t.grad_fn) if t.grad_fn is not None else None
-    if rec.key is not None:
-        runtime.registry.add(rec)
+    runtime.registry.add(rec)
     return rec
