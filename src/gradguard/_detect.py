@@ -295,8 +295,8 @@ class DetectSession:
             f"{rec.version} instead."
         )
 
-    def _deliver(self, conflict: Conflict, *, fatal: bool = False,
-                 stock_line: Optional[str] = None) -> None:
+    def _record(self, conflict: Conflict) -> None:
+        """Add to this session and every enclosing one, once per write and save site."""
         key = conflict.dedup_key()
         session: Optional[DetectSession] = self
         while session is not None:
@@ -305,6 +305,10 @@ class DetectSession:
                     session._seen.add(key)
                     session.conflicts.append(conflict)
             session = session._parent
+
+    def _deliver(self, conflict: Conflict, *, fatal: bool = False,
+                 stock_line: Optional[str] = None) -> None:
+        self._record(conflict)
         if fatal or self.on_conflict == "raise":
             from gradguard._report import render_text
 
@@ -336,14 +340,7 @@ class DetectSession:
             fix = fixes.INFERENCE_FIX
         conflict = Conflict(kind=kind, write=mutation, tensor=tensor, fix=fix,
                             detail=str(exc).splitlines()[0])
-        key = conflict.dedup_key()
-        session: Optional[DetectSession] = self
-        while session is not None:
-            with session._lock:
-                if key not in session._seen:
-                    session._seen.add(key)
-                    session.conflicts.append(conflict)
-            session = session._parent
+        self._record(conflict)
         from gradguard._report import render_text
 
         if hasattr(exc, "add_note"):

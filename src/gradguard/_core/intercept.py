@@ -78,10 +78,15 @@ def _targets_out(args: tuple, kwargs: dict) -> Iterable[torch.Tensor]:
     return ()
 
 
-def _make_wrapper(orig: Callable, op: str, targets: Callable, whole: bool) -> Callable:
+def _make_wrapper(orig: Callable, op: str, targets: Callable, whole: bool,
+                  only_with_out: bool = False) -> Callable:
+    """A pass-through to ``orig`` that first tells the listener which tensors it writes.
+    ``only_with_out``: for functions that write only when called with ``out=``."""
+
     def gradguard_write(*args: Any, **kwargs: Any) -> Any:
         listener = _listener
-        if listener is None or state.busy or _is_compiling():
+        if (listener is None or (only_with_out and "out" not in kwargs) or state.busy
+                or _is_compiling()):
             return orig(*args, **kwargs)
         token = listener.before_write(op, targets(args, kwargs), whole)
         try:
@@ -94,26 +99,6 @@ def _make_wrapper(orig: Callable, op: str, targets: Callable, whole: bool) -> Ca
     gradguard_write.__name__ = getattr(orig, "__name__", op)
     gradguard_write.__doc__ = getattr(orig, "__doc__", None)
     return gradguard_write
-
-
-def _make_out_wrapper(orig: Callable, op: str) -> Callable:
-    def gradguard_out(*args: Any, **kwargs: Any) -> Any:
-        if "out" not in kwargs:
-            return orig(*args, **kwargs)
-        listener = _listener
-        if listener is None or state.busy or _is_compiling():
-            return orig(*args, **kwargs)
-        token = listener.before_write(op, _targets_out(args, kwargs), False)
-        try:
-            return orig(*args, **kwargs)
-        except RuntimeError as exc:
-            listener.write_failed(token, op, exc, args)
-            raise
-
-    gradguard_out.__wrapped__ = orig  # type: ignore[attr-defined]
-    gradguard_out.__name__ = getattr(orig, "__name__", op)
-    gradguard_out.__doc__ = getattr(orig, "__doc__", None)
-    return gradguard_out
 
 
 def _data_setter_wrapper() -> property:
@@ -201,7 +186,8 @@ def _plan() -> list[tuple[Any, str, Callable]]:
         orig = getattr(torch, name)
         if id(orig) in originals:
             continue
-        wrapper = originals[id(orig)] = _make_out_wrapper(orig, f"torch.{name}(out=)")
+        wrapper = originals[id(orig)] = _make_wrapper(orig, f"torch.{name}(out=)", _targets_out,
+                                                      False, only_with_out=True)
         plan.append((torch, name, wrapper))
     return plan
 
