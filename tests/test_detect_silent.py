@@ -292,3 +292,31 @@ def test_every_optimizer_implementation_is_intercepted(make_opt, op):
     assert c.write.op.startswith(op), c.write.op
     assert c.write.site.line == line_of("WRITE-opt") and c.write.via == "torch.optim"
     assert c.tensor.name.startswith("disc.fc.")
+
+
+def test_data_assignment_on_a_saved_parameter_is_reported():
+    lin = nn.Linear(3, 1)
+    x = torch.randn(4, 3, requires_grad=True)
+    with gradguard.detect(on_conflict="record") as s:
+        # mul saves the weight itself (a leaf: the very tensor, not a view)
+        y = (lin.weight * x).sum()  # SAVE-dataset
+        lin.weight.data = torch.zeros(1, 3)  # WRITE-dataset
+        y.backward()
+    (c,) = s.conflicts
+    assert c.write.op == "Tensor.data (assignment)"
+    assert c.write.site.line == line_of("WRITE-dataset")
+    assert c.saved.site.line == line_of("SAVE-dataset")
+    assert c.tensor.name == "lin.weight" and c.tensor.is_parameter
+
+
+def test_data_assignment_leaves_saved_views_intact_and_is_not_flagged():
+    """WGAN-style clipping `p.data = p.data.clamp(...)` while a graph saved `p.t()`: the
+    saved view still points at the old bytes, so the gradient is right; no report."""
+    lin = nn.Linear(3, 1)
+    x = torch.randn(4, 3)
+    with gradguard.detect() as s:
+        loss = lin(x).sum()  # addmm saves weight.t(), a view
+        lin.weight.data = lin.weight.data.clamp(-0.01, 0.01)
+        loss.backward()
+    assert s.conflicts == []
+    assert torch.allclose(lin.weight.grad, x.sum(0, keepdim=True))

@@ -96,14 +96,16 @@ class Runtime:
                 continue
             start, end = byte_range(t)
             if write is None:
-                stack, entry = sites.capture(skip=3)
+                stack, entry = sites.capture(3, records[0].owner.max_stack)
                 write = WriteRecord(op, stack, entry, None, start, end, whole)
             else:
                 write = WriteRecord(op, write.stack, write.entry, None, start, end, whole)
             intercept.state.busy = True
             try:
                 for rec in records:
-                    hit = whole or overlaps(rec.tensor, start, end, t)
+                    # A metadata write (`.data =`, `set_`) swaps what `t` points at; only a
+                    # record holding `t` itself sees it. Saved views keep the old bytes.
+                    hit = rec.tensor is t if whole else overlaps(rec.tensor, start, end, t)
                     if rec.writes is None:
                         rec.writes = []
                     rec.writes.append((write, hit))
