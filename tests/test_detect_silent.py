@@ -68,14 +68,15 @@ def test_data_write_to_other_bytes_is_not_a_conflict():
     assert s.conflicts == []
 
 
-def test_warn_mode_warns_and_continues():
+def test_warn_mode_warns_at_the_users_line_and_continues():
     x = torch.randn(3, requires_grad=True)
-    with pytest.warns(gradguard.InplaceConflictWarning, match="saved-tensor-mutated"):
+    with pytest.warns(gradguard.InplaceConflictWarning, match="saved-tensor-mutated") as rec:
         with gradguard.detect(on_conflict="warn") as s:
             y = x.exp()
-            y.data.zero_()
+            y.data.zero_()  # WRITE-warn
             y.sum().backward()
     assert len(s.conflicts) == 1 and x.grad is not None
+    assert rec[0].filename == HERE and rec[0].lineno == line_of("WRITE-warn")
 
 
 def test_gan_step_before_generator_backward_names_step_and_parameter():

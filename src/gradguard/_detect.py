@@ -317,8 +317,13 @@ class DetectSession:
                 message = f"{stock_line}\n\n{message}"
             raise InplaceConflictError(message, [conflict])
         if self.on_conflict == "warn":
-            warnings.warn(f"gradguard: {conflict.summary()}: {conflict.detail}. Fix: "
-                          f"{conflict.fix}", InplaceConflictWarning, stacklevel=2)
+            message = f"gradguard: {conflict.summary()}: {conflict.detail}. Fix: {conflict.fix}"
+            site = (conflict.write.site if conflict.write else None) or (
+                conflict.saved.site if conflict.saved else None)
+            if site is None:
+                warnings.warn(message, InplaceConflictWarning, stacklevel=2)
+            else:  # attribute the warning to the user's line, not to gradguard's
+                warnings.warn_explicit(message, InplaceConflictWarning, site.file, site.line)
 
     # -- PyTorch's own in-place errors, explained ----------------------------------------
     def explain_write_error(self, kind: str, op: str, exc: BaseException, args: tuple) -> None:
