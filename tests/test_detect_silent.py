@@ -321,3 +321,28 @@ def test_data_assignment_leaves_saved_views_intact_and_is_not_flagged():
         loss.backward()
     assert s.conflicts == []
     assert torch.allclose(lin.weight.grad, x.sum(0, keepdim=True))
+
+
+def test_fused_adam_step_is_silent_in_stock_pytorch_and_reported():
+    """`fused=True` optimizers write parameters without bumping their version counters:
+    stock PyTorch then backprops the GAN-ordering bug through the *new* weights."""
+
+    def gan_step():
+        torch.manual_seed(0)
+        disc = Disc()
+        opt_d = torch.optim.AdamW(disc.parameters(), lr=0.1, fused=True)
+        x = torch.randn(8, 4, requires_grad=True)
+        loss_g = disc(x).mean()
+        disc(torch.randn(8, 4)).mean().backward()
+        opt_d.step()  # WRITE-fused
+        loss_g.backward()
+        return disc
+
+    disc = gan_step()  # stock: no error at all
+    assert disc.fc.weight._version == 1  # the step did not count as a write
+    with gradguard.detect(on_conflict="record") as s:
+        gan_step()
+    (c,) = [c for c in s.conflicts if c.tensor.name == "disc.fc.weight"]
+    assert c.write.op == "torch._fused_adamw_" and c.write.site.line == line_of("WRITE-fused")
+    assert c.tensor.version_saved == c.tensor.version_now
+    assert "silently wrong" in c.detail
