@@ -274,6 +274,8 @@ def test_bad_arguments_are_clear():
         gradguard.detect(on_conflict="explode")
     with pytest.raises(ValueError, match="when must be"):
         gradguard.detect(when="later")
+    with pytest.raises(ValueError, match="max_stack must be"):
+        gradguard.detect(max_stack=0)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")

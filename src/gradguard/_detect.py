@@ -91,6 +91,8 @@ class DetectSession:
             raise ValueError(f"on_conflict must be 'raise', 'warn' or 'record', not {on_conflict!r}")
         if when not in ("backward", "write"):
             raise ValueError(f"when must be 'backward' or 'write', not {when!r}")
+        if not isinstance(max_stack, int) or max_stack < 1:
+            raise ValueError(f"max_stack must be a positive int, not {max_stack!r}")
         self.on_conflict = on_conflict
         self.eager = when == "write"
         self.checksum = checksum
