@@ -230,9 +230,7 @@ class DetectSession:
             }
         else:
             aliasing = {"same_storage": None, "saved_bytes": [s_start, s_end]}
-        overlap = (bool(hits) or None) if not outside else None
-        if write is not None and not hits:
-            overlap = False
+        overlap = None if outside or write is None else bool(hits)
 
         backward_src = None
         if pending is None:
@@ -255,8 +253,8 @@ class DetectSession:
                 fix += ("; and in the Function, keep tensors with `ctx.save_for_backward(...)` "
                         "so PyTorch checks them")
         else:
-            fix = ("the write was not intercepted (it ran inside C++ code, in another "
-                   "thread's compiled region, or before gradguard started); run with "
+            fix = ("the write was not intercepted (it ran inside C++ code or a compiled "
+                   "region, or before gradguard started); run with "
                    "`when=\"write\"` or bisect the writes to this tensor after its save site")
 
         what = f"`{name}`" if name else tensor.short()
