@@ -97,6 +97,7 @@ class DetectSession:
         self.eager = when == "write"
         self.checksum = checksum
         self.max_stack = max_stack
+        self._save_stack = min(max_stack, sites.SAVE_STACK)
         self.conflicts: list[Conflict] = []
         self.coverage_gaps: list[str] = []
         self._seen: set = set()
@@ -149,7 +150,7 @@ class DetectSession:
 
     # -- saved-tensor hooks ------------------------------------------------------------
     def _pack(self, t: torch.Tensor) -> Any:
-        stack, entry = sites.capture(2, self.max_stack)  # entry: torch code that saved
+        stack, entry = sites.capture(2, self._save_stack)  # entry: torch code that saved
         # Leaves are held as themselves (as PyTorch does); other tensors detached, since an
         # output saved by its own node would otherwise form an uncollectable cycle.
         try:
