@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import sys
 import threading
 import warnings
 import zlib
@@ -25,7 +24,7 @@ import torch.utils.checkpoint
 
 from gradguard._core import fixes, sites
 from gradguard._core.names import module_path
-from gradguard._core.registry import SavedRecord, byte_range, storage_key
+from gradguard._core.registry import SavedRecord, byte_range
 from gradguard._core.runtime import new_record, runtime
 from gradguard._conflict import Conflict, Mutation, SavedBy, TensorInfo
 from gradguard.errors import InplaceConflictError

@@ -7,7 +7,6 @@ module after the variable that holds it in the user's live frames.
 from __future__ import annotations
 
 import gc
-import sys
 from typing import Optional
 
 import torch

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 import weakref
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 

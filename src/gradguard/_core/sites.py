@@ -12,7 +12,7 @@ import os
 import sys
 import threading
 from types import CodeType
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 
