@@ -4,6 +4,8 @@ Public API::
 
     gradguard.detect(...)            runtime sanitizer (context manager / decorator)
     gradguard.DetectSession          what detect() returns: .conflicts, .report()
+    gradguard.protect(...)           copy-on-write, so writes cannot corrupt saved tensors
+    gradguard.ProtectSession         what protect() returns: .copied_bytes, .copy_sites
     gradguard.Conflict               one finding (with Mutation, SavedBy, TensorInfo, Frame)
     gradguard.InplaceConflictError   raised in "raise" mode (a RuntimeError)
 
@@ -23,6 +25,9 @@ _LAZY = {
     "detect": "gradguard._detect",
     "DetectSession": "gradguard._detect",
     "InplaceConflictWarning": "gradguard._detect",
+    "protect": "gradguard._protect",
+    "ProtectSession": "gradguard._protect",
+    "CopySite": "gradguard._protect",
     "Conflict": "gradguard._conflict",
     "Mutation": "gradguard._conflict",
     "SavedBy": "gradguard._conflict",

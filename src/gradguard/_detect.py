@@ -16,6 +16,7 @@ import os
 import re
 import threading
 import warnings
+import weakref
 import zlib
 from typing import Any, Callable, Literal, Optional, TypeVar, overload
 
@@ -103,6 +104,11 @@ class DetectSession:
         self._lock = threading.Lock()
         self._hooks: list[_GradguardHooks] = []
         self._parent: Optional[DetectSession] = None
+        # The protect session that repairs what this session saves (itself, for protect()).
+        self.protector: Any = None
+        self._repairs_seen: set = set()
+
+    repairs = False  # copy-on-write; True for `gradguard.protect()` sessions
 
     # -- context manager / decorator ----------------------------------------------
     def __enter__(self) -> "DetectSession":
@@ -111,6 +117,8 @@ class DetectSession:
             self._parent = outer
         elif outer is None:
             self._note_existing_hooks()
+        parent = self._parent
+        self.protector = self if self.repairs else (parent.protector if parent else None)
         runtime.acquire(self)
         hooks = _GradguardHooks(self._pack, self._unpack)
         hooks.__enter__()
@@ -160,6 +168,7 @@ class DetectSession:
         rec = SavedRecord(t if t.is_leaf else t.detach(), version, None, self, stack)
         rec.inner = entry
         rec.producer = type(t.grad_fn)
+        rec.protector = self.protector
         runtime.registry.add(rec)
         if self.checksum:
             rec.checksum = _fingerprint(t)
@@ -170,20 +179,39 @@ class DetectSession:
             return rec
         t = rec.tensor
         if t._version != rec.version or rec.writes is not None or rec.checksum is not None:
-            self._check(rec, t)
+            return self._check(rec, t)
         return t
 
-    def _check(self, rec: SavedRecord, t: torch.Tensor) -> None:
+    def _check(self, rec: SavedRecord, t: torch.Tensor) -> torch.Tensor:
+        if rec.protector is not None and not rec.tainted and t._version == rec.expected:
+            # Every change since the save was a write we intercepted, and the ones that
+            # overlapped the saved bytes were preceded by a copy: backward gets those bytes.
+            if rec.preserved is not None:
+                self._repaired(rec)
+                return rec.preserved
+            if not any(hit for _, hit in rec.writes or ()):
+                return t  # only writes elsewhere in the storage: the saved bytes are intact
         moved = t._version != rec.version
         hits = [w for w, hit in rec.writes or () if hit]
         if moved or hits:
             self.confirm(rec)
         elif rec.checksum is not None and _fingerprint(t) != rec.checksum:
             self.confirm(rec, outside=True)
+        return t
+
+    def _repaired(self, rec: SavedRecord) -> None:
+        """Report a conflict copy-on-write repaired: once per write site and save site."""
+        hits = [w for w, hit in rec.writes or () if hit]
+        key = (rec.stack, hits[0].stack if hits else None, rec.kind)
+        with self._lock:
+            if key in self._repairs_seen:
+                return
+            self._repairs_seen.add(key)
+        self.confirm(rec, repaired=True)
 
     # -- confirming and delivering conflicts ---------------------------------------------
     def confirm(self, rec: SavedRecord, *, pending: Any = None, outside: bool = False,
-                node_name: Optional[str] = None) -> None:
+                node_name: Optional[str] = None, repaired: bool = False) -> None:
         """Build the conflict for ``rec``, deliver it, and raise/warn as configured."""
         t = rec.tensor
         moved = t._version != rec.version
@@ -269,6 +297,10 @@ class DetectSession:
         elif outside:
             detail = (f"{who} needs {what}, saved at version {rec.version}; its bytes changed "
                       "without any PyTorch write (written outside PyTorch)")
+        elif repaired:
+            detail = (f"{who} needs {what}, saved at version {rec.version}; a write overwrote "
+                      "its bytes, and gradguard.protect gave backward the copy it kept just "
+                      "before that write, so the gradient is as the program meant it")
         elif pending is not None:
             detail = (f"this write would overwrite {what}, saved for backward by "
                       f"{saver_op or 'an earlier op'}; stopped before the write (when='write')")
@@ -279,10 +311,11 @@ class DetectSession:
                        "own version counter, such as `.data`, or a kernel that bumps none), "
                        "so PyTorch would not notice and the gradient is silently wrong")
         conflict = Conflict(kind=kind, write=mutation, saved=saved, tensor=tensor,
-                            overlap=overlap, aliasing=aliasing, fix=fix, detail=detail)
+                            overlap=overlap, aliasing=aliasing, fix=fix, detail=detail,
+                            repaired=repaired)
         # A moved version is what stock PyTorch rejects (it checks everything saved, but
         # not ctx attributes): reject it in every mode.
-        fatal = moved and pending is None and rec.kind != "ctx"
+        fatal = moved and pending is None and rec.kind != "ctx" and not repaired
         self._deliver(conflict, fatal=fatal, stock_line=self._stock_line(t, rec, node_name)
                       if fatal else None)
 
@@ -309,7 +342,7 @@ class DetectSession:
     def _deliver(self, conflict: Conflict, *, fatal: bool = False,
                  stock_line: Optional[str] = None) -> None:
         self._record(conflict)
-        if fatal or self.on_conflict == "raise":
+        if fatal or (self.on_conflict == "raise" and not conflict.repaired):
             from gradguard._report import render_text
 
             message = render_text([conflict], ())
@@ -362,23 +395,29 @@ class DetectSession:
                 break
         if node is None or not hasattr(node, "__dict__"):
             return
-        found = []
+        found = []  # (attribute, index in a tuple/list attribute or None, tensor)
         for attr, value in list(vars(node).items()):
-            values = value if isinstance(value, (tuple, list)) else (value,)
-            for v in values:
-                if isinstance(v, torch.Tensor):
-                    found.append((attr, v))
+            if isinstance(value, torch.Tensor):
+                found.append((attr, None, value))
+            elif isinstance(value, (tuple, list)):
+                found.extend((attr, i, v) for i, v in enumerate(value)
+                             if isinstance(v, torch.Tensor))
         if not found:
             return
-        records = [new_record(v, self, "ctx", f"{cls.__name__}.forward (ctx.{attr})", skip=4)
-                   for attr, v in found if not v.is_inference()]
-        node.__dict__["_gradguard_ctx_records"] = records
+        tracked = [(new_record(v, self, "ctx", f"{cls.__name__}.forward (ctx.{attr})", skip=4),
+                    attr, i) for attr, i, v in found if not v.is_inference()]
+        node.__dict__["_gradguard_ctx_records"] = [rec for rec, _, _ in tracked]
         node_name = type(node).__name__
+        node_ref = weakref.ref(node)  # the hook lives on the node: no cycle through C++
 
         def check_ctx(grad_outputs: Any) -> None:
-            for rec in records:
+            for rec, attr, i in tracked:
                 t = rec.tensor
-                if t._version != rec.version or any(hit for _, hit in rec.writes or ()):
+                if (rec.preserved is not None and not rec.tainted
+                        and t._version == rec.expected):
+                    _put_back(node_ref(), attr, i, rec.preserved)  # protect(): the kept copy
+                    rec.owner._repaired(rec)
+                elif t._version != rec.version or any(hit for _, hit in rec.writes or ()):
                     rec.owner.confirm(rec, node_name=node_name)
 
         node.register_prehook(check_ctx)
@@ -403,6 +442,17 @@ class DetectSession:
         with self._lock:
             if text not in self.coverage_gaps:
                 self.coverage_gaps.append(text)
+
+
+def _put_back(node: Any, attr: str, index: Optional[int], value: torch.Tensor) -> None:
+    """Replace a ctx attribute (or one item of a tuple/list attribute) before backward."""
+    if index is None:
+        setattr(node, attr, value)
+        return
+    items = list(getattr(node, attr))
+    items[index] = value
+    old = getattr(node, attr)
+    setattr(node, attr, type(old)(items) if isinstance(old, tuple) else items)
 
 
 @overload

@@ -93,10 +93,13 @@ def _make_wrapper(orig: Callable, op: str, targets: Callable, whole: bool,
         token = (listener.before_write(op, targets(args, kwargs), whole)
                  if listener.registry.maybe_live() else None)
         try:
-            return orig(*args, **kwargs)
-        except RuntimeError as exc:
-            listener.write_failed(token, op, exc, args)
+            result = orig(*args, **kwargs)
+        except BaseException as exc:
+            listener.write_failed(token, op, exc if isinstance(exc, RuntimeError) else None, args)
             raise
+        if token is not None:
+            listener.after_write(token)
+        return result
 
     gradguard_write.__wrapped__ = orig  # type: ignore[attr-defined]
     gradguard_write.__name__ = getattr(orig, "__name__", op)
@@ -118,6 +121,8 @@ def _data_setter_wrapper() -> property:
         except RuntimeError as exc:
             listener.write_failed(token, "Tensor.data (assignment)", exc, (self,))
             raise
+        if token is not None:
+            listener.after_write(token)
 
     return property(getter, set_data, doc=torch._C.TensorBase.data.__doc__)
 

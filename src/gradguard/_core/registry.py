@@ -41,7 +41,8 @@ class SavedRecord:
 
     __slots__ = (
         "tensor", "version", "key", "owner", "stack", "kind", "label", "writes",
-        "checksum", "producer", "inner", "__weakref__",
+        "checksum", "producer", "inner", "protector", "preserved", "expected", "tainted",
+        "__weakref__",
     )
 
     def __init__(self, tensor: torch.Tensor, version: int, key: Optional[int], owner: Any,
@@ -57,6 +58,14 @@ class SavedRecord:
         self.checksum: Optional[int] = None
         self.producer: Optional[type] = None
         self.inner: tuple = ()  # torch code between the user's line and the save
+        # Copy-on-write (`gradguard.protect`): the protect session that repairs this record,
+        # the copy of the saved bytes taken just before the first write that overlapped
+        # them, the version the tensor should have if every write since the save was one we
+        # intercepted, and whether some write we did not see changed it (then no repair).
+        self.protector: Any = None
+        self.preserved: Optional[torch.Tensor] = None
+        self.expected = version
+        self.tainted = False
 
 
 def storage_key(t: torch.Tensor) -> Optional[int]:

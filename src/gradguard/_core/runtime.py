@@ -81,11 +81,13 @@ class Runtime:
 
     # -- writes -------------------------------------------------------------------
     def before_write(self, op: str, tensors: Iterable[torch.Tensor], whole: bool) -> Any:
-        """Called just before an intercepted write executes. Returns an undo token."""
+        """Called just before an intercepted write executes. Returns a token for
+        `after_write` / `write_failed`: the records touched and the copies made."""
         registry = self.registry
         if not registry.maybe_live():
             return None
         touched: Optional[list] = None
+        copied: Optional[list] = None
         write: Optional[WriteRecord] = None
         for t in tensors:
             key = storage_key(t)
@@ -112,20 +114,40 @@ class Runtime:
                     if touched is None:
                         touched = []
                     touched.append(rec)
+                    if rec.protector is not None:
+                        if rec.tensor._version != rec.expected:
+                            rec.tainted = True  # changed by a write we did not see
+                        elif hit and rec.preserved is None:
+                            if copied is None:
+                                copied = []
+                            copied.append(rec)
+                if copied:
+                    copied = _copy_before_write(copied, write)
             finally:
                 intercept.state.busy = False
             if self.eager_sessions:
                 for rec in records:
-                    if rec.owner.eager and rec.writes and rec.writes[-1][1]:
+                    if (rec.owner.eager and rec.protector is None and rec.writes
+                            and rec.writes[-1][1]):
                         rec.owner.confirm(rec, pending=rec.writes[-1][0])
-        return touched
+        return (touched, copied) if touched else None
+
+    def after_write(self, token: Any) -> None:
+        """The write happened: the versions it produced are accounted for."""
+        for rec in token[0]:
+            if rec.protector is not None and not rec.tainted:
+                rec.expected = rec.tensor._version
 
     def write_failed(self, token: Any, op: str, exc: Optional[BaseException], args: tuple) -> None:
         """The write did not happen (it raised): forget it, and explain PyTorch's error."""
         if token:
-            for rec in token:
+            touched, copied = token
+            for rec in touched:
                 if rec.writes:
                     rec.writes.pop()
+            for rec, nbytes in copied or ():
+                rec.preserved = None
+                rec.protector.account_copy(rec, None, -nbytes)
         if exc is None:
             return
         message = str(exc)
@@ -135,6 +157,27 @@ class Runtime:
                 if session is not None:
                     session.explain_write_error(kind, op, exc, args)
                 return
+
+
+def _copy_before_write(records: list[SavedRecord], write: WriteRecord) -> list:
+    """Copy-on-write: keep the bytes ``records`` saved, before ``write`` overwrites them.
+    Records that saved the same view share one copy. Returns (record, bytes counted)."""
+    copies: dict[tuple, torch.Tensor] = {}
+    done = []
+    with torch.no_grad():
+        for rec in records:
+            t = rec.tensor
+            view = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
+                    t.stride(), t.dtype)
+            copy = copies.get(view)
+            fresh = copy is None
+            if fresh:
+                copy = copies[view] = t.clone()
+            rec.preserved = copy
+            nbytes = copy.nbytes if fresh else 0
+            rec.protector.account_copy(rec, write, nbytes)
+            done.append((rec, nbytes))
+    return done
 
 
 runtime = Runtime()
@@ -194,5 +237,6 @@ def new_record(t: torch.Tensor, owner: Any, kind: str, label: Optional[str], ski
     rec = SavedRecord(t if t.is_leaf else t.detach(), t._version, None, owner, stack,
                       kind, label)
     rec.producer = type(t.grad_fn) if t.grad_fn is not None else None
+    rec.protector = getattr(owner, "protector", None)
     runtime.registry.add(rec)
     return rec
