@@ -28,6 +28,7 @@ from gradguard._core.names import module_path
 from gradguard._core.registry import SavedRecord, byte_range
 from gradguard._core.runtime import new_record, runtime
 from gradguard._conflict import Conflict, Mutation, SavedBy, TensorInfo
+from gradguard._graph import capture as capture_graph
 from gradguard.errors import InplaceConflictError
 
 OnConflict = Literal["raise", "warn", "record"]
@@ -151,6 +152,13 @@ class DetectSession:
 
         return to_dict(self.conflicts, self.coverage_gaps)
 
+    def draw(self, path: Any, engine: str = "auto") -> Any:
+        """Write an SVG of the autograd graph around each conflict to ``path`` (see
+        `gradguard._graph.draw`: Graphviz ``dot`` when present, else a built-in layout)."""
+        from gradguard._graph import draw
+
+        return draw(self.conflicts, path, engine=engine)
+
     def __repr__(self) -> str:
         return (f"<gradguard.DetectSession on_conflict={self.on_conflict!r} "
                 f"conflicts={len(self.conflicts)}>")
@@ -215,8 +223,8 @@ class DetectSession:
         """Build the conflict for ``rec``, deliver it, and raise/warn as configured."""
         t = rec.tensor
         moved = t._version != rec.version
+        node = torch._C._current_autograd_node() if pending is None else None
         if node_name is None and pending is None:
-            node = torch._C._current_autograd_node()
             node_name = type(node).__name__ if node is not None else None
         writes = [pending] if pending is not None else [w for w, _ in rec.writes or ()]
         hits = [w for w, hit in rec.writes or () if hit] if pending is None else [pending]
@@ -313,6 +321,8 @@ class DetectSession:
         conflict = Conflict(kind=kind, write=mutation, saved=saved, tensor=tensor,
                             overlap=overlap, aliasing=aliasing, fix=fix, detail=detail,
                             repaired=repaired)
+        # The picture's neighbourhood, as names only (no tensors, no nodes kept).
+        conflict.graph = capture_graph(node, rec, conflict)
         # A moved version is what stock PyTorch rejects (it checks everything saved, but
         # not ctx attributes): reject it in every mode.
         fatal = moved and pending is None and rec.kind != "ctx" and not repaired
@@ -429,7 +439,8 @@ class DetectSession:
         where = f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame else "<unknown>"
         self._gap(f"saved tensors packed under {type(hooks).__name__} (entered at {where}) are "
                   "not checked: those hooks replace gradguard's while active"
-                  + ("; save_on_cpu copies at save time, so writes cannot corrupt them"
+                  + ("; save_on_cpu copies CUDA tensors at save time, but keeps CPU tensors "
+                     "as they are, unchecked (PyTorch skips its version check under hooks)"
                      if type(hooks).__name__ == "save_on_cpu" else ""))
 
     def _note_existing_hooks(self) -> None:

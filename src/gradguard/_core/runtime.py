@@ -87,7 +87,7 @@ class Runtime:
         if not registry.maybe_live():
             return None
         touched: Optional[list] = None
-        copied: Optional[list] = None
+        copied: Optional[list] = None  # (record, bytes counted) for the copies made
         write: Optional[WriteRecord] = None
         for t in tensors:
             key = storage_key(t)
@@ -102,6 +102,7 @@ class Runtime:
                 write = WriteRecord(op, stack, entry, None, start, end, whole)
             else:
                 write = WriteRecord(op, write.stack, write.entry, None, start, end, whole)
+            to_copy: Optional[list] = None
             intercept.state.busy = True
             try:
                 for rec in records:
@@ -118,11 +119,13 @@ class Runtime:
                         if rec.tensor._version != rec.expected:
                             rec.tainted = True  # changed by a write we did not see
                         elif hit and rec.preserved is None:
-                            if copied is None:
-                                copied = []
-                            copied.append(rec)
-                if copied:
-                    copied = _copy_before_write(copied, write)
+                            if to_copy is None:
+                                to_copy = []
+                            to_copy.append(rec)
+                if to_copy:
+                    if copied is None:
+                        copied = []
+                    copied.extend(_copy_before_write(to_copy, write))
             finally:
                 intercept.state.busy = False
             if self.eager_sessions:
