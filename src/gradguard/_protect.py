@@ -88,6 +88,8 @@ class ProtectSession(DetectSession):
             items = list(self._sites.items())
         out = []
         for (op, write_stack, save_stack), (count, nbytes) in items:
+            if not count:
+                continue  # only ever shared another site's copy
             write = sites.resolve(write_stack)
             saved = sites.resolve(save_stack)
             out.append(CopySite(op, write[0] if write else None, saved[0] if saved else None,

@@ -164,20 +164,34 @@ class Runtime:
 
 def _copy_before_write(records: list[SavedRecord], write: WriteRecord) -> list:
     """Copy-on-write: keep the bytes ``records`` saved, before ``write`` overwrites them.
-    Records that saved the same view share one copy. Returns (record, bytes counted)."""
-    copies: dict[tuple, torch.Tensor] = {}
+    Returns (record, bytes counted) for each. One copy serves every record whose view lies
+    inside an already copied contiguous tensor (a saved base and views of it saved too),
+    so the largest views are copied first."""
     done = []
+    copied: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []  # start, end, src, copy
+    same: dict[tuple, torch.Tensor] = {}  # exact view -> its copy (strided views too)
+    records = sorted(records, key=lambda r: byte_range(r.tensor)[0] - byte_range(r.tensor)[1])
     with torch.no_grad():
         for rec in records:
             t = rec.tensor
-            view = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
-                    t.stride(), t.dtype)
-            copy = copies.get(view)
-            fresh = copy is None
-            if fresh:
-                copy = copies[view] = t.clone()
+            start, end = byte_range(t)
+            view = (t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+            copy = same.get(view)
+            for c_start, c_end, src, c in copied:
+                if copy is not None:
+                    break
+                if c_start <= start and end <= c_end and src.dtype == t.dtype:
+                    # `c` is a contiguous clone of `src`: the same element offsets apply.
+                    copy = c.as_strided(t.shape, t.stride(),
+                                        t.storage_offset() - src.storage_offset())
+                    break
+            nbytes = 0
+            if copy is None:
+                copy = same[view] = t.clone()
+                nbytes = copy.nbytes
+                if t.is_contiguous():
+                    copied.append((start, end, t, copy))
             rec.preserved = copy
-            nbytes = copy.nbytes if fresh else 0
             rec.protector.account_copy(rec, write, nbytes)
             done.append((rec, nbytes))
     return done
