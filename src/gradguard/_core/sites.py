@@ -47,6 +47,18 @@ def is_internal_file(filename: str) -> bool:
     return os.path.abspath(filename).startswith(_INTERNAL_DIRS)
 
 
+# Marks a launcher frame (`gradguard run`'s frame that executes the target): stack walks
+# end there, since everything above it (runpy, the console script, a test runner) is the
+# launcher, not the user's program.
+STOP = "stop"
+
+
+def mark_internal(code: CodeType, stop: bool = False) -> None:
+    """Treat ``code`` as internal (e.g. runpy's functions); ``stop``: end stack walks there."""
+    _pinned.append(code)
+    _internal_code[id(code)] = STOP if stop else True
+
+
 def _is_internal(code: CodeType) -> bool:
     hit = _internal_code.get(id(code))
     if hit is None:
@@ -73,6 +85,8 @@ def capture(skip: int = 1, limit: int = MAX_STACK) -> Tuple[RawStack, Tuple[Code
         if hit:
             if not frames:
                 inner.append(code)
+            elif hit is STOP:
+                break
         else:
             # f_lasti, not f_lineno: the line number costs a walk of the line table, and
             # is only needed if this stack ends up in a report.
