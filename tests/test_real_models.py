@@ -68,16 +68,18 @@ def _clone_state(obj: Any) -> Any:
     return obj
 
 
-def _run(model_kwargs: dict, opt_name: str, guarded: bool, steps: int = 2,
+def _run(model_kwargs: dict, opt_name: str, guarded: bool | str, steps: int = 2,
          set_to_none: bool = True, accumulate: int = 1) -> dict:
     """Build the model from seed 0 and run ``steps`` training steps; return everything
-    that the steps produced (losses, per-step grads, final params/buffers/optimizer)."""
+    that the steps produced (losses, per-step grads, final params/buffers/optimizer).
+    ``guarded``: False (plain), True (under detect) or "protect"."""
     kwargs = dict(model_kwargs)
     work = M.build(kwargs.pop("name"), size="tiny", seed=0, **kwargs)
     work.model.train()
     opt = OPTIMIZERS[opt_name](work.model.parameters())
     out: dict = {"losses": [], "grads": [], "params": []}
-    session = gradguard.detect(on_conflict="raise") if guarded else None
+    session = (gradguard.protect(on_conflict="raise") if guarded == "protect"
+               else gradguard.detect(on_conflict="raise") if guarded else None)
 
     def steps_loop() -> None:
         for step in range(steps):
@@ -99,6 +101,8 @@ def _run(model_kwargs: dict, opt_name: str, guarded: bool, steps: int = 2,
             steps_loop()
         assert session.conflicts == [], session.report()
         assert session.report() == ""
+        if guarded == "protect":
+            assert session.copies == 0 and session.copied_bytes == 0  # nothing overwritten
     out["buffers"] = {n: _clone_state(b) for n, b in work.model.named_buffers()}
     out["opt_state"] = _clone_state(opt.state_dict()["state"])
     out["work"] = work
@@ -151,6 +155,14 @@ def test_training_steps_bit_identical(model: str, opt_name: str) -> None:
     # the steps really trained something
     assert not torch.equal(plain["params"][0][next(iter(plain["params"][0]))],
                            plain["params"][1][next(iter(plain["params"][1]))])
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_protect_training_steps_bit_identical(model: str) -> None:
+    """A correct program under protect(): no copies, no reports, the same numbers."""
+    plain = _run(MODELS[model], "adamw_foreach", guarded=False)
+    protected = _run(MODELS[model], "adamw_foreach", guarded="protect")
+    _compare(plain, protected)
 
 
 @pytest.mark.parametrize("model", ["gpt2", "resnet"])
