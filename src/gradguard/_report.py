@@ -8,6 +8,7 @@ never printed; no addresses or timings appear, so reports are stable across runs
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable, Sequence
 
 from gradguard._conflict import Conflict, Frame
@@ -17,17 +18,25 @@ SCHEMA_VERSION = 1
 _RED, _BOLD, _DIM, _GREEN, _RESET = "\033[31m", "\033[1m", "\033[2m", "\033[32m", "\033[0m"
 
 
-def _frames(stack: Sequence[Frame], limit: int = 8) -> list[str]:
+def _frames(stack: Sequence[Frame]) -> list[str]:
+    """Every captured user frame (capture already bounds them: ``max_stack``)."""
     lines = []
-    for i, f in enumerate(stack[:limit]):
+    for i, f in enumerate(stack):
         lines.append(f"    #{i} {f.file}:{f.line} in {f.function}")
         if f.source:
             lines.append(f"         {f.source}")
-    if len(stack) > limit:
-        lines.append(f"    ... {len(stack) - limit} more frames")
     if not stack:
         lines.append("    (no user frames)")
     return lines
+
+
+def _producer(node: str) -> str:
+    """``TanhBackward0`` -> ``tanh (TanhBackward0)``: the op first, the node for grep."""
+    match = re.match(r"^(.*?)Backward\d+$", node)
+    if not match:
+        return node
+    op = re.sub(r"(?<!^)(?=[A-Z])", "_", match.group(1)).lower()
+    return f"{op} ({node})"
 
 
 def render_conflict(c: Conflict, color: bool = False) -> str:
@@ -58,7 +67,7 @@ def render_conflict(c: Conflict, color: bool = False) -> str:
         if t.name:
             desc = f"{t.name} ({'parameter' if t.is_parameter else 'tensor'}) {desc}"
         if t.produced_by:
-            desc += f", produced by {t.produced_by}"
+            desc += f", produced by {_producer(t.produced_by)}"
         out.append("")
         out.append(f"{bold}TENSOR{reset} {desc}")
     if c.aliasing.get("written_bytes") is not None:
@@ -81,6 +90,18 @@ def render_text(conflicts: Iterable[Conflict], gaps: Iterable[str] = (), color: 
     if gaps:
         parts.append("gradguard: coverage gaps:\n" + "\n".join(f"  - {g}" for g in gaps))
     return "\n\n".join(parts)
+
+
+def render_run(conflicts: Sequence[Conflict], gaps: Sequence[str] = (), color: bool = False,
+               prefix: str = "") -> str:
+    """The report `gradguard run` prints at exit: every conflict (each ending with its
+    SUMMARY line) and the coverage gaps, or one line when there is nothing to report;
+    every line starts with ``prefix`` (``[rank1] `` under torchrun)."""
+    text = render_text(conflicts, gaps, color=color)
+    if not conflicts:
+        clean = "gradguard: no in-place conflicts found"
+        text = f"{clean}\n{text}" if text else clean
+    return "\n".join(f"{prefix}{line}" if line else prefix.rstrip() for line in text.split("\n"))
 
 
 def to_dict(conflicts: Sequence[Conflict], gaps: Sequence[str] = ()) -> dict[str, Any]:

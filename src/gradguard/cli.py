@@ -1,7 +1,8 @@
 """The ``gradguard`` command line.
 
 Each subcommand lives in its own module that exposes ``add_arguments(parser)`` and
-``run(args) -> int``; this module only wires them together and turns our own
+``run(args) -> int`` (and ``split_argv(tokens)`` if it runs another program whose
+arguments it must not parse); this module only wires them together and turns our own
 errors into one-line messages with exit code 2.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "lint": ("gradguard.lint.cli", "find in-place autograd hazards in Python source"),
     "fix": ("gradguard.lint.fix_cli", "rewrite in-place autograd hazards out of place"),
     "rule": ("gradguard.lint.rule_cli", "print the documentation of a lint rule"),
+    "run": ("gradguard.run_cli", "run a script or module under the in-place write sanitizer"),
 }
 
 
@@ -47,7 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough = None
+    if argv and argv[0] in SUBCOMMANDS:
+        # A subcommand that runs another program (`run`) splits off that program's
+        # command line first, so argparse never reads the program's own options.
+        split = getattr(importlib.import_module(SUBCOMMANDS[argv[0]][0]), "split_argv", None)
+        if split is not None:
+            ours, passthrough = split(argv[1:])
+            argv = [argv[0], *ours]
     args = parser.parse_args(argv)
+    if passthrough is not None:
+        args.passthrough = passthrough
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2

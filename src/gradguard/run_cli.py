@@ -1,0 +1,370 @@
+"""``gradguard run``: run a training script under the sanitizer, with no code change.
+
+    gradguard run [options] script.py [args...]
+    gradguard run [options] -m module [args...]
+
+The target runs exactly as ``python script.py args`` / ``python -m module args`` would
+(see `gradguard._launch`), inside one `gradguard.detect()` session entered before its
+first line. When it ends -- normally, by ``sys.exit``, or by an exception, whose own
+traceback is printed first -- the report goes to stderr (prefixed ``[rankN]`` under
+torchrun) and ``--json`` is written. Exit code: the target's own if non-zero, else
+``--exit-code`` (default 1) if conflicts were found, else 0.
+
+Options come from the command line or from ``GRADGUARD_OPTIONS=k=v:k=v`` (the command
+line wins); ``GRADGUARD_OPTIONS=help=1`` lists them. This module imports torch only once
+the target is known to be runnable, so bad input fails fast with one line and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+
+from gradguard import _launch
+from gradguard.errors import UsageError
+
+if TYPE_CHECKING:
+    from gradguard._detect import DetectSession
+
+ENV_VAR = "GRADGUARD_OPTIONS"
+
+
+# -- options: one table for the command line and GRADGUARD_OPTIONS ---------------------
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    return parse
+
+
+def _int_in(low: int, high: Optional[int]) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"expected an integer, not {value!r}") from None
+        if number < low or (high is not None and number > high):
+            upper = f" to {high}" if high is not None else " or more"
+            raise ValueError(f"expected an integer {low}{upper}, not {number}")
+        return number
+
+    return parse
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected 1 or 0, not {value!r}")
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # GRADGUARD_OPTIONS key; the flag is --name with dashes
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    metavar: Optional[str] = None  # None: a flag without a value
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("on_conflict", _choice("raise", "warn", "record"), "record",
+           "raise: stop at the first conflict; warn: a warning per conflict; record "
+           "(default): collect and report at exit. A write that moved a saved tensor's "
+           "version ends the script in every mode, as stock PyTorch would",
+           "{raise,warn,record}"),
+    Option("json", str, None, "also write the report as JSON to PATH (under torchrun: "
+           "PATH with .rankN before the suffix, one file per rank)", "PATH"),
+    Option("checksum", _bool, False, "fingerprint saved tensors to catch writes outside "
+           "PyTorch (NumPy views); costs a pass over every saved tensor's bytes"),
+    Option("max_stack", _int_in(1, None), 8, "user frames kept per write (default 8)", "N"),
+    Option("exit_code", _int_in(0, 255), 1, "exit code when conflicts were found (default "
+           "1); the script's own non-zero exit code wins", "N"),
+    Option("color", _choice("auto", "always", "never"), "auto",
+           "colour the report (default auto: only on a terminal, and not with NO_COLOR)",
+           "{auto,always,never}"),
+)
+_BY_NAME = {o.name: o for o in OPTIONS}
+_BY_FLAG = {o.flag: o for o in OPTIONS}
+
+
+def _argparse_type(option: Option) -> Callable[[str], Any]:
+    def convert(value: str) -> Any:
+        try:
+            return option.parse(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = option.name
+    return convert
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.usage = ("gradguard run [options] script.py [args ...]\n"
+                    "       gradguard run [options] -m module [args ...]")
+    parser.epilog = (f"Options can also be given as {ENV_VAR}=name=value:name=value "
+                     f"(the command line wins); {ENV_VAR}=help=1 lists them.")
+    for option in OPTIONS:
+        if option.metavar is None:
+            parser.add_argument(option.flag, dest=option.name, action="store_true",
+                                default=None, help=option.help)
+        else:
+            parser.add_argument(option.flag, dest=option.name, type=_argparse_type(option),
+                                default=None, metavar=option.metavar, help=option.help)
+    parser.add_argument("-m", dest="module", metavar="module", default=None,
+                        help="run a library module as a script, like python -m")
+    parser.add_argument("script", nargs="?", help="the script to run, then its arguments")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+
+def split_argv(tokens: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Our options, and the target's command line (script or ``-m module``, and its
+    arguments, which are never parsed as ours)."""
+
+    def takes_value(token: str) -> Optional[bool]:
+        option = _BY_FLAG.get(token)
+        return None if option is None else option.metavar is not None
+
+    return _launch.split_command(tokens, takes_value)
+
+
+def parse_env(text: str) -> dict[str, Any]:
+    """``k=v:k=v`` -> {name: parsed value}; bad input raises `UsageError`."""
+    values: dict[str, Any] = {}
+    for item in text.split(":"):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if key == "help":
+            values["help"] = _bool(value) if sep else True
+            continue
+        option = _BY_NAME.get(key)
+        if option is None:
+            known = ", ".join(["help", *_BY_NAME])
+            raise UsageError(f"{ENV_VAR}: unknown option {key!r} (known: {known})")
+        if not sep:
+            if option.metavar is not None:
+                raise UsageError(f"{ENV_VAR}: {key} needs a value ({key}=...)")
+            value = "1"
+        try:
+            values[key] = option.parse(value.strip())
+        except ValueError as exc:
+            raise UsageError(f"{ENV_VAR}: {key}: {exc}") from None
+    return values
+
+
+def options_help() -> str:
+    lines = [f"gradguard run options (as --name on the command line, or "
+             f"{ENV_VAR}=name=value:name=value):"]
+    for option in OPTIONS:
+        default = "0" if option.default is False else option.default
+        lines.append(f"  {option.name}={'' if default is None else default}")
+        lines.append(f"      {option.help}")
+    return "\n".join(lines)
+
+
+# -- the run -----------------------------------------------------------------------------
+@dataclass
+class RunOptions:
+    on_conflict: str = "record"
+    json: Optional[str] = None
+    checksum: bool = False
+    max_stack: int = 8
+    exit_code: int = 1
+    color: str = "auto"
+
+
+@dataclass
+class RunResult:
+    exit_code: int
+    session: Any  # the DetectSession
+    report: str  # the text report as printed (without colour)
+
+
+def rank_info(environ: Optional[dict] = None) -> tuple[Optional[int], Optional[int]]:
+    """(rank, world size) when launched as one of several processes (torchrun sets
+    RANK and WORLD_SIZE), else (None, None)."""
+    environ = os.environ if environ is None else environ
+    try:
+        world = int(environ.get("WORLD_SIZE", "1"))
+        rank = int(environ.get("RANK", "0"))
+    except ValueError:
+        return None, None
+    return (rank, world) if world > 1 else (None, None)
+
+
+def json_path_for(path: str, rank: Optional[int]) -> str:
+    """Absolute path of the JSON report; ``report.json`` -> ``report.rank1.json``."""
+    path = os.path.abspath(os.path.expanduser(path))
+    if rank is None:
+        return path
+    root, ext = os.path.splitext(path)
+    return f"{root}.rank{rank}{ext}"
+
+
+def _check_writable(path: str) -> None:
+    """Fail now, not after a long run, if the JSON report cannot be written."""
+    if os.path.isdir(path):
+        raise UsageError(f"cannot write the JSON report to '{path}': it is a directory")
+    existed = os.path.exists(path)
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write the JSON report to '{path}': "
+                         f"{exc.strerror or exc}") from None
+    if not existed:
+        os.unlink(path)
+
+
+def _use_color(setting: str, stream: Any) -> bool:
+    if setting != "auto":
+        return setting == "always"
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty() and not os.environ.get("NO_COLOR")
+                and os.environ.get("TERM") != "dumb")
+
+
+def start_session(options: RunOptions) -> "DetectSession":
+    """The sanitizer session the target runs in (a `--mode` choosing another kind of
+    session, such as gradguard.protect(), belongs here)."""
+    from gradguard._detect import DetectSession
+
+    return DetectSession(on_conflict=options.on_conflict,  # type: ignore[arg-type]
+                         checksum=options.checksum, max_stack=options.max_stack)
+
+
+def _compiled_graphs() -> int:
+    """Graphs torch.compile has compiled in this process so far (0 if dynamo never ran)."""
+    utils = sys.modules.get("torch._dynamo.utils")
+    counters = getattr(utils, "counters", None)
+    return int(counters["stats"]["unique_graphs"]) if counters is not None else 0
+
+
+COMPILE_GAP = (
+    "torch.compile ran ({n} graph{s}): writes inside compiled regions were not "
+    "intercepted. Compiled graphs are functionalized, so those writes cannot clobber "
+    "the tensors the graphs save; the tensors they save are still checked against eager "
+    "writes at backward")
+
+
+def _note_compiled_regions(session: Any, before: int) -> None:
+    compiled = _compiled_graphs() - before
+    if compiled > 0:
+        session.coverage_gaps.append(COMPILE_GAP.format(n=compiled, s="s" if compiled > 1 else ""))
+
+
+def _launcher_boundaries() -> None:
+    """Stack walks skip runpy's frames and stop at the frame running the target."""
+    from gradguard._core import sites
+
+    codes = _launch.stack_boundaries()
+    for code in codes[:-1]:
+        sites.mark_internal(code)
+    sites.mark_internal(codes[-1], stop=True)
+
+
+def write_outputs(session: Any, options: RunOptions, json_path: Optional[str],
+                  run: dict[str, Any]) -> None:
+    """Write the report files (the JSON report; `--graph`/`--html` outputs go here)."""
+    if json_path is not None:
+        data = session.to_dict()
+        data["run"] = run
+        with open(json_path, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+
+
+def execute(options: RunOptions, target: _launch.Target,
+            stderr: Any = None) -> RunResult:
+    """Run ``target`` under the sanitizer, print the report, write the outputs."""
+    from gradguard._report import render_run
+
+    stderr = sys.stderr if stderr is None else stderr
+    rank, world = rank_info()
+    json_path = json_path_for(options.json, rank) if options.json else None
+    if json_path is not None:
+        _check_writable(json_path)
+    _launcher_boundaries()
+    session = start_session(options)
+    compiled_before = _compiled_graphs()
+    pid = os.getpid()
+    code = 1
+    try:
+        with session:
+            code = target.run()
+    finally:
+        if os.getpid() == pid:  # not in a forked child that unwound through here
+            _note_compiled_regions(session, compiled_before)
+            if code == 0 and session.conflicts:
+                code = options.exit_code
+            prefix = f"[rank{rank}] " if rank is not None else ""
+            sys.stdout.flush()
+            report = render_run(session.conflicts, session.coverage_gaps, prefix=prefix)
+            if _use_color(options.color, stderr):
+                stderr.write(render_run(session.conflicts, session.coverage_gaps,
+                                        prefix=prefix, color=True) + "\n")
+            else:
+                stderr.write(report + "\n")
+            stderr.flush()
+            run = {"target": target.label, "file": target.path, "args": target.args,
+                   "exit_code": code, "rank": rank, "world_size": world}
+            try:
+                write_outputs(session, options, json_path, run)
+            except OSError as exc:
+                stderr.write(f"gradguard: error: cannot write the JSON report to "
+                             f"'{json_path}': {exc.strerror or exc}\n")
+                code = code or 2
+    return RunResult(code, session, report)
+
+
+def _options_from(args: argparse.Namespace, env: dict[str, Any]) -> RunOptions:
+    values = {}
+    for option in OPTIONS:
+        given = getattr(args, option.name, None)
+        values[option.name] = given if given is not None else env.get(option.name,
+                                                                       option.default)
+    return RunOptions(**values)
+
+
+def _target_from(args: argparse.Namespace) -> Optional[_launch.Target]:
+    command = list(getattr(args, "passthrough", None) or [])
+    if not command:  # argparse's own view, if main() did not split (e.g. called directly)
+        if args.module:
+            command = ["-m", args.module, *(args.script and [args.script] or []), *args.args]
+        elif args.script:
+            command = [args.script, *args.args]
+    if not command:
+        return None
+    if command[0] == "-m":
+        if len(command) < 2 or not command[1]:
+            raise UsageError("argument -m: expected a module name")
+        return _launch.Target(module=command[1], args=command[2:])
+    return _launch.Target(script=command[0], args=command[1:])
+
+
+def run(args: argparse.Namespace) -> int:
+    env = parse_env(os.environ.get(ENV_VAR, ""))
+    target = _target_from(args)
+    if env.pop("help", False):
+        print(options_help(), file=sys.stderr)
+        if target is None:
+            return 0
+    if target is None:
+        raise UsageError("nothing to run: give a script or -m module (see `gradguard run --help`)")
+    options = _options_from(args, env)
+    target.resolve()
+    return execute(options, target).exit_code
