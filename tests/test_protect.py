@@ -465,15 +465,17 @@ def test_save_on_cpu_inside_protect_is_a_coverage_gap():
     assert session.copies == 0
 
 
-def test_checkpoint_with_a_versioned_input_write_is_repaired():
-    """Non-reentrant checkpoint saves its inputs through our hooks, so a versioned write
-    to one (which stock PyTorch rejects) is repaired like any saved tensor."""
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_checkpoint_with_a_versioned_input_write_is_repaired(reentrant):
+    """Both checkpoint implementations save their inputs through our hooks, so a versioned
+    write to one (which stock PyTorch rejects) is repaired like any saved tensor, and the
+    recomputation runs from the copy."""
     def program():
         torch.manual_seed(8)
         lin = nn.Linear(3, 3)
         x0 = _leaf(2, 3)
         x = x0 * 1
-        y = checkpoint(lambda t: torch.tanh(lin(t)), x, use_reentrant=False)
+        y = checkpoint(lambda t: torch.tanh(lin(t)), x, use_reentrant=reentrant)
         with torch.no_grad():
             x.add_(1.0)
         y.sum().backward()
