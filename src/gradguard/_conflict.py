@@ -130,6 +130,9 @@ class Conflict:
     fix: str = ""
     detail: str = ""  # what happened, one sentence; e.g. the PyTorch error it explains
     repaired: bool = False
+    # The autograd graph around the conflict, as plain strings (see gradguard._graph);
+    # captured when backward confirms it, None otherwise. Not part of to_dict().
+    graph: Optional[dict[str, Any]] = field(default=None, repr=False, compare=False)
 
     @property
     def code(self) -> str:
