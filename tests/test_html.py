@@ -1,0 +1,128 @@
+"""The HTML report: one self-contained page per session, checked by parsing it."""
+from __future__ import annotations
+
+import html.parser
+import os
+import xml.etree.ElementTree as ET
+
+import pytest
+import torch
+import torch.nn as nn
+
+import gradguard
+from gradguard._html import write_html
+from gradguard._report import render_conflict
+from helpers import line_of
+
+HERE = os.path.abspath(__file__)
+
+
+class _Page(html.parser.HTMLParser):
+    """Collects sections, their text per element class, code rows, SVGs and links."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.sections: list[dict] = []
+        self.stack: list[tuple[str, dict]] = []
+        self.urls: list[str] = []
+        self.svg_depth = 0
+        self.svg_text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        for key in ("src", "href"):
+            if key in attrs:
+                self.urls.append(attrs[key])
+        if tag == "section":
+            self.sections.append({"id": attrs["id"], "pre": "", "rows": [], "svg": 0,
+                                  "svg_text": [], "tables": []})
+        if tag == "table" and self.sections:
+            self.sections[-1]["tables"].append(attrs.get("class", ""))
+        if tag == "tr" and self.sections:
+            self.sections[-1]["rows"].append((self.sections[-1]["tables"][-1],
+                                              int(attrs["data-line"]), "hit" in attrs["class"],
+                                              []))
+        if tag == "svg":
+            self.svg_depth += 1
+            if self.sections:
+                self.sections[-1]["svg"] += 1
+        self.stack.append((tag, attrs))
+
+    def handle_endtag(self, tag):
+        while self.stack:
+            open_tag, _ = self.stack.pop()
+            if open_tag == tag:
+                break
+        if tag == "svg":
+            self.svg_depth -= 1
+
+    def handle_data(self, data):
+        if not self.sections or not self.stack:
+            return
+        section = self.sections[-1]
+        tag, attrs = self.stack[-1]
+        if tag == "pre" and attrs.get("class") == "report":
+            section["pre"] += data
+        elif tag == "td" and attrs.get("class") != "ln" and section["rows"]:
+            section["rows"][-1][3].append(data)
+        elif self.svg_depth and tag == "text":
+            section["svg_text"].append(data)
+
+
+def _session():
+    lin = nn.Linear(3, 4)
+    x = torch.randn(2, 3)
+    with gradguard.detect(on_conflict="record") as session:
+        h = torch.sigmoid(lin(x))  # SAVE-html
+        h.data.zero_()  # WRITE-html
+        h.sum().backward()
+    return session
+
+
+def test_html_report_has_each_conflicts_text_sources_and_picture(tmp_path):
+    session = _session()
+    (conflict,) = session.conflicts
+    path = write_html(session, tmp_path / "report.html")
+    text = path.read_text()
+    page = _Page()
+    page.feed(text)
+    assert text.startswith("<!DOCTYPE html>")
+    assert [u for u in page.urls if not u.startswith("#")] == []  # nothing external
+    (section,) = page.sections
+    assert section["id"] == "conflict-1"
+    assert section["pre"] == render_conflict(conflict)  # the text report, unescaped
+    write_line, save_line = line_of("WRITE-html"), line_of("SAVE-html")
+    for table, line in (("code write", write_line), ("code saved", save_line)):
+        rows = [(n, hit, "".join(t)) for tab, n, hit, t in section["rows"] if tab == table]
+        assert [n for n, _, _ in rows] == list(range(line - 3, line + 4))
+        assert [n for n, hit, _ in rows if hit] == [line]
+        with open(HERE) as f:
+            source = f.read().splitlines()
+        assert [t for _, _, t in rows] == source[line - 4:line + 3]
+    assert section["svg"] == 1
+    assert {"SigmoidBackward0", "write: Tensor.zero_", "AddmmBackward0"} <= set(
+        section["svg_text"])
+    svg = text[text.index("<svg"):text.index("</svg>") + 6]
+    ET.fromstring(svg)  # the embedded picture is well-formed XML
+
+
+def test_html_report_of_a_clean_session_and_bad_input(tmp_path):
+    with gradguard.detect() as session:
+        torch.randn(2, requires_grad=True).exp().sum().backward()
+    page = _Page()
+    page.feed(write_html(session, tmp_path / "clean.html").read_text())
+    assert page.sections == []
+    assert "No conflicts found." in (tmp_path / "clean.html").read_text()
+    with pytest.raises(TypeError, match="DetectSession"):
+        write_html(object(), tmp_path / "x.html")
+    with pytest.raises(TypeError, match="file path"):
+        write_html(session, 42)
+
+
+def test_html_escapes_source_text(tmp_path):
+    x = torch.randn(3, requires_grad=True)
+    with gradguard.detect(on_conflict="record") as session:
+        y = x.exp(); y.data.mul_(2) if 1 < 2 and "<b>" else None  # WRITE-escape
+        y.sum().backward()
+    text = write_html(session, tmp_path / "e.html").read_text()
+    assert "&quot;&lt;b&gt;&quot;" in text and '"<b>"' not in text
