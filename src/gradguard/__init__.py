@@ -8,6 +8,7 @@ Public API::
     gradguard.ProtectSession         what protect() returns: .copied_bytes, .copy_sites
     gradguard.Conflict               one finding (with Mutation, SavedBy, TensorInfo, Frame)
     gradguard.InplaceConflictError   raised in "raise" mode (a RuntimeError)
+    gradguard.verify(step, *args)    gradients vs a reference immune to in-place writes
 
 Submodules are private; everything public is re-exported here. Torch is imported lazily
 so that `gradguard lint` starts fast.
@@ -33,6 +34,9 @@ _LAZY = {
     "SavedBy": "gradguard._conflict",
     "TensorInfo": "gradguard._conflict",
     "Frame": "gradguard._conflict",
+    "verify": "gradguard._verify",
+    "VerifyResult": "gradguard._verify",
+    "GradDifference": "gradguard._verify",
 }
 
 __all__ = sorted([*_LAZY, "GradguardError", "InplaceConflictError", "UsageError", "__version__"])
