@@ -270,7 +270,7 @@ def graph_of(c: Conflict) -> dict[str, Any]:
 
 
 # -- layout (pure Python) ------------------------------------------------------------------
-_CHAR_W, _LINE_H, _PAD, _GAP_X, _GAP_Y = 7.0, 15, 8, 28, 54
+_CHAR_W, _LINE_H, _PAD, _GAP_X, _GAP_Y, _MARGIN = 7.0, 15, 8, 28, 54, 150
 _FONT = "DejaVu Sans Mono, Menlo, Consolas, monospace"
 
 
@@ -321,7 +321,7 @@ def layout(graph: dict[str, Any]) -> tuple[dict[str, tuple[float, float, float, 
             order[r].sort(key=lambda i: _mean([pos[c] for c in children[i] if c in pos], pos))
     sizes = {n["id"]: _size(n) for n in graph["nodes"]}
     row_w = [sum(sizes[i][0] for i in row) + _GAP_X * (len(row) - 1) for row in order]
-    width = max(row_w, default=0) + 2 * _GAP_X
+    width = max(row_w, default=0) + 2 * _MARGIN  # room on both sides for back edges
     boxes: dict[str, tuple[float, float, float, float]] = {}
     y = 0.0
     for row, w in zip(order, row_w):
@@ -332,7 +332,7 @@ def layout(graph: dict[str, Any]) -> tuple[dict[str, tuple[float, float, float, 
             boxes[i] = (x, y + (h_row - h_i) / 2, w_i, h_i)
             x += w_i + _GAP_X
         y += h_row + _GAP_Y
-    return boxes, width + 60, max(y - _GAP_Y, 0)  # room on the right for back edges
+    return boxes, width, max(y - _GAP_Y, 0)
 
 
 def _mean(values: list[int], pos: dict[str, int]) -> float:
@@ -370,24 +370,31 @@ def _edge_svg(e: dict[str, Any], boxes: dict[str, tuple[float, float, float, flo
     dx, dy, dw, dh = boxes[e["dst"]]
     color, width, dashed = _EDGE_STYLE.get(e["role"], _DEFAULT_EDGE)
     marker = "hot" if e["role"] in _EDGE_STYLE else "plain"
-    if e.get("back") or dy <= sy:  # against the flow: around the right-hand side
-        x1, y1, x2, y2 = sx + sw, sy + sh / 2, dx + dw, dy + dh / 2
-        bulge = max(x1, x2) + 50
-        path = f"M{x1:.1f},{y1:.1f} C{bulge:.1f},{y1:.1f} {bulge:.1f},{y2:.1f} {x2 + 2:.1f},{y2:.1f}"
-        lx, ly = bulge - 10, (y1 + y2) / 2
+    if e.get("back") or dy <= sy:  # against the flow: around the side the target is on
+        y1, y2 = sy + sh / 2, dy + dh / 2
+        if dx + dw / 2 <= sx + sw / 2:
+            x1, x2, side = sx, dx, -1
+            bulge = min(x1, x2) - _MARGIN + 10
+        else:
+            x1, x2, side = sx + sw, dx + dw, 1
+            bulge = max(x1, x2) + _MARGIN - 10
+        path = (f"M{x1:.1f},{y1:.1f} C{bulge:.1f},{y1:.1f} {bulge:.1f},{y2:.1f} "
+                f"{x2 - 2 * side:.1f},{y2:.1f}")
+        # The label sits inside the loop, in the gap between the two rows.
+        lx, ly, anchor = bulge - 6 * side, (y1 + y2) / 2, "end" if side > 0 else "start"
     else:
         x1, y1, x2, y2 = sx + sw / 2, sy + sh, dx + dw / 2, dy
         mid = (y2 - y1) / 2
         path = (f"M{x1:.1f},{y1:.1f} C{x1:.1f},{y1 + mid:.1f} {x2:.1f},{y2 - mid:.1f} "
                 f"{x2:.1f},{y2 - 2:.1f}")
-        lx, ly = (x1 + x2) / 2, (y1 + y2) / 2
+        lx, ly, anchor = (x1 + x2) / 2 + 4, (y1 + y2) / 2, "start"
     dash = ' stroke-dasharray="6,4"' if dashed else ""
     out = [f'<g class="edge" data-src="{prefix}-{e["src"]}" data-dst="{prefix}-{e["dst"]}" '
            f'data-role="{e["role"]}">',
            f'<path d="{path}" fill="none" stroke="{color}" stroke-width="{width}"{dash} '
            f'marker-end="url(#{prefix}-arrow-{marker})"/>']
     if e["label"]:
-        out.append(_text(lx + 4, ly + 4, e["label"], fill=color, font_size="11",
+        out.append(_text(lx, ly + 4, e["label"], fill=color, font_size="11", text_anchor=anchor,
                          stroke="#ffffff", stroke_width="3", paint_order="stroke"))
     out.append("</g>")
     return "\n".join(out)
