@@ -37,6 +37,7 @@ _LAZY = {
     "verify": "gradguard._verify",
     "VerifyResult": "gradguard._verify",
     "GradDifference": "gradguard._verify",
+    "write_html": "gradguard._html",
 }
 
 __all__ = sorted([*_LAZY, "GradguardError", "InplaceConflictError", "UsageError", "__version__"])
