@@ -62,3 +62,11 @@ def test_report_snapshot_in_colour(capsys):
 def test_report_is_the_same_on_a_second_run(capsys):
     first = report_of("gan_step_order", capsys)
     assert report_of("gan_step_order", capsys) == first
+
+
+def test_readme_quickstart_shows_the_real_report():
+    """The README's sample is this snapshot, with the examples' path shortened."""
+    quickstart = (HERE.parent / "README.md").read_text().split("## Quickstart", 1)[1]
+    sample = re.search(r"```text\n(.*?)```", quickstart, flags=re.S).group(1)
+    report = (SNAPSHOTS / "weight_norm_data.txt").read_text()
+    assert sample.endswith(report.replace("<examples>/", "examples/"))

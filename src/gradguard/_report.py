@@ -64,9 +64,12 @@ def render_conflict(c: Conflict, color: bool = False) -> str:
     if c.tensor is not None:
         t = c.tensor
         desc = t.short()
-        if t.name:
-            desc = f"{t.name} ({'parameter' if t.is_parameter else 'tensor'}) {desc}"
-        if t.produced_by:
+        role = "parameter" if t.is_parameter else "tensor"
+        if t.name and t.produced_by:  # a tensor on a named one's storage: a view of it
+            desc = f"{t.name} ({role}), saved as a view made by {_producer(t.produced_by)}: {desc}"
+        elif t.name:
+            desc = f"{t.name} ({role}) {desc}"
+        elif t.produced_by:
             desc += f", produced by {_producer(t.produced_by)}"
         out.append("")
         out.append(f"{bold}TENSOR{reset} {desc}")
