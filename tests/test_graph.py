@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 import gradguard
+from gradguard._core.runtime import runtime
 from gradguard._graph import to_dot
 from helpers import line_of
 
@@ -109,7 +110,8 @@ def test_captured_graph_is_plain_data_and_keeps_nothing_alive():
         h.sum().backward()
     (conflict,) = session.conflicts
     assert json.loads(json.dumps(conflict.graph)) == conflict.graph  # strings only
-    weight = weakref.ref(lin.weight)  # an AccumulateGrad input named in the picture
+    weight = weakref.ref(lin.weight)  # an AccumulateGrad input in the picture
+    assert len(runtime.registry) == 0  # freed by reference counting: capture made no cycle
     del h, lin
     gc.collect()
     assert ref() is None and weight() is None

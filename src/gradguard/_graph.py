@@ -24,9 +24,12 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 from xml.sax.saxutils import escape
+
+import torch
 
 from gradguard._conflict import Conflict, Frame, TensorInfo
 
@@ -164,21 +167,29 @@ def minimal_graph(c: Conflict) -> dict[str, Any]:
 def _backward_roots() -> list[Any]:
     """Root nodes of the running backward, read from torch's ``_engine_run_backward``
     frame: this thread's (CPU) or the thread waiting in backward (GPU device threads)."""
-    frames = [sys._getframe(1)] + list(sys._current_frames().values())
-    for frame in frames:
-        while frame is not None:
-            code = frame.f_code
-            if code.co_name == "_engine_run_backward" and "autograd" in code.co_filename:
-                outputs = frame.f_locals.get("t_outputs") or ()
-                roots = []
-                for out in outputs:
-                    fn = getattr(out, "grad_fn", None) if hasattr(out, "grad_fn") else \
-                        getattr(out, "node", None)
-                    if fn is not None:
-                        roots.append(fn)
-                return roots
-            frame = frame.f_back
-    return []
+    roots = _roots_on(sys._getframe(1))
+    if roots is None:
+        me = threading.get_ident()
+        # Never this thread's frames from here: a list holding our own frame would be a
+        # reference cycle keeping the graph alive until the next gc run.
+        for ident, frame in sys._current_frames().items():
+            if ident != me:
+                roots = _roots_on(frame)
+                if roots is not None:
+                    break
+    return roots or []
+
+
+def _roots_on(frame: Any) -> Optional[list[Any]]:
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "_engine_run_backward" and "autograd" in code.co_filename:
+            outputs = frame.f_locals.get("t_outputs") or ()
+            nodes = [getattr(out, "grad_fn", None) if isinstance(out, torch.Tensor)
+                     else getattr(out, "node", None) for out in outputs]
+            return [n for n in nodes if n is not None]
+        frame = frame.f_back
+    return None
 
 
 def _parents(roots: Iterable[Any], targets: Sequence[Any]) -> dict[int, list[Any]]:
@@ -450,9 +461,9 @@ def _dot_str(text: str) -> str:
 def to_dot(conflicts: Sequence[Conflict]) -> str:
     """Graphviz source for the same picture (one cluster per conflict)."""
     out = ["digraph gradguard {",
-           f'  graph [rankdir=TB, fontname="Helvetica", nodesep=0.3, ranksep=0.45];',
-           f'  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10];',
-           f'  edge [fontname="Helvetica", fontsize=9];']
+           '  graph [rankdir=TB, fontname="Helvetica", nodesep=0.3, ranksep=0.45];',
+           '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10];',
+           '  edge [fontname="Helvetica", fontsize=9];']
     for index, c in enumerate(conflicts, 1):
         graph = graph_of(c)
         out.append(f"  subgraph cluster_{index} {{")
@@ -483,21 +494,28 @@ def dot_available() -> bool:
     return shutil.which("dot") is not None
 
 
+def check_path(path: Any) -> Path:
+    """``path`` as a `Path` if `draw` can write it (``.svg``, ``.dot`` or ``.gv``), else a
+    TypeError/ValueError that says what to pass (for checking a CLI option early)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"draw() needs a file path (str or os.PathLike), not {type(path).__name__}")
+    out = Path(path)
+    if out.suffix.lower() not in (".svg", ".dot", ".gv"):
+        raise ValueError(f"draw() writes SVG (a path ending in .svg) or Graphviz source "
+                         f"(.dot or .gv), not {out.name!r}")
+    return out
+
+
 def draw(conflicts: Sequence[Conflict], path: Any, engine: str = "auto") -> Path:
     """Write the picture of ``conflicts`` to ``path`` and return it as a `Path`.
 
     ``path`` ending in ``.svg`` gets SVG: from Graphviz ``dot`` when ``engine`` is "auto"
     and ``dot`` is on PATH (or ``engine="dot"``), else from the pure-Python layout
     (``engine="python"``). A ``.dot``/``.gv`` path gets the Graphviz source instead."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"draw() needs a file path (str or os.PathLike), not {type(path).__name__}")
     if engine not in ("auto", "dot", "python"):
         raise ValueError(f"engine must be 'auto', 'dot' or 'python', not {engine!r}")
-    out = Path(path)
+    out = check_path(path)
     suffix = out.suffix.lower()
-    if suffix not in (".svg", ".dot", ".gv"):
-        raise ValueError(f"draw() writes SVG (a path ending in .svg) or Graphviz source "
-                         f"(.dot or .gv), not {out.name!r}")
     conflicts = list(conflicts)
     if suffix != ".svg":
         out.write_text(to_dot(conflicts), encoding="utf-8")
