@@ -3,8 +3,7 @@ every test that produced an in-place conflict, with gradguard's report in the fa
 
 Turned on by ``pytest --gradguard`` or the ini key ``gradguard = true`` (``--no-gradguard``
 overrides the ini key), and per test by the ``gradguard`` marker or by requesting the
-``gradguard`` fixture. When it is off it imports nothing (not even torch) and changes
-nothing.
+``gradguard`` fixture. When it is off it does not import torch and changes nothing.
 
 * ``@pytest.mark.gradguard(enabled=True, on_conflict="fail", checksum=False,
   when="backward", max_stack=8)``. ``on_conflict``: ``"fail"`` (record, then fail the test
