@@ -151,13 +151,26 @@ def time_conditions(spec: str, size: str, repeats: int, warmup: int) -> dict:
 
 # -- peak memory, one subprocess per condition ----------------------------------------------
 
+def _peak_rss() -> int:
+    """This process's peak resident set, in bytes. Linux's VmHWM belongs to the address
+    space, so unlike ``ru_maxrss`` it does not inherit the parent's peak across fork+exec."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # fallback (KiB)
+
+
 def _peak_rss_child(spec: str, size: str, condition: str, steps: int) -> None:
-    """Child process: run ``steps`` steps, print peak RSS in bytes (Linux: ru_maxrss KiB)."""
+    """Child process: run ``steps`` steps, print its peak RSS in bytes."""
     torch.set_num_threads(1)
     run = build_runner(spec, size)
     for _ in range(steps):
         run(CONDITIONS[condition])
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    print(_peak_rss())
 
 
 def peak_extra_memory(spec: str, size: str, steps: int) -> dict:
