@@ -314,10 +314,15 @@ class DetectSession:
                       f"{saver_op or 'an earlier op'}; stopped before the write (when='write')")
         else:
             detail = f"{who} needs {what}, saved at version {rec.version}; "
-            detail += (f"it is now at version {t._version}" if moved else
-                       "its version did not move (the write went through an alias with its "
-                       "own version counter, such as `.data`, or a kernel that bumps none), "
-                       "so PyTorch would not notice and the gradient is silently wrong")
+            if moved:
+                detail += f"it is now at version {t._version}"
+            else:
+                why = ("the write went through `.data`, which has its own version counter"
+                       if mutation is not None and mutation.alias == ".data" else
+                       "the write went through an alias with its own version counter, or a "
+                       "kernel that bumps none")
+                detail += (f"its version did not move ({why}), so PyTorch would not notice "
+                           "and the gradient is silently wrong")
         conflict = Conflict(kind=kind, write=mutation, saved=saved, tensor=tensor,
                             overlap=overlap, aliasing=aliasing, fix=fix, detail=detail,
                             repaired=repaired)

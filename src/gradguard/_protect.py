@@ -54,9 +54,10 @@ class ProtectSession(DetectSession):
 
     repairs = True
 
-    def __init__(self, on_conflict: OnConflict = "record", max_stack: int = sites.MAX_STACK
-                 ) -> None:
-        super().__init__(on_conflict=on_conflict, when="backward", max_stack=max_stack)
+    def __init__(self, on_conflict: OnConflict = "record", checksum: bool = False,
+                 max_stack: int = sites.MAX_STACK) -> None:
+        super().__init__(on_conflict=on_conflict, when="backward", checksum=checksum,
+                         max_stack=max_stack)
         self.copied_bytes = 0
         self.copies = 0
         self._sites: dict[tuple, list] = {}  # (op, write stack, save stack) -> [count, bytes]
@@ -105,12 +106,12 @@ class ProtectSession(DetectSession):
 @overload
 def protect(func: F) -> F: ...
 @overload
-def protect(func: None = None, *, on_conflict: OnConflict = "record",
+def protect(func: None = None, *, on_conflict: OnConflict = "record", checksum: bool = False,
             max_stack: int = sites.MAX_STACK) -> ProtectSession: ...
 
 
 def protect(func: Optional[Callable] = None, *, on_conflict: OnConflict = "record",
-            max_stack: int = sites.MAX_STACK) -> Any:
+            checksum: bool = False, max_stack: int = sites.MAX_STACK) -> Any:
     """Run code with copy-on-write for every tensor autograd saves.
 
     Before an in-place write (any category `detect()` intercepts: methods, operators,
@@ -123,9 +124,10 @@ def protect(func: Optional[Callable] = None, *, on_conflict: OnConflict = "recor
     Programs that are invalid rather than unlucky still raise with detect()'s explanation:
     in-place writes into leaves that require grad, into outputs of multi-output views, and
     writes gradguard cannot see (made from C++, inside compiled regions, or after the
-    ``with`` block) to a tensor backward needs.
+    ``with`` block) to a tensor backward needs. ``checksum=True`` (as in `detect()`) also
+    reports writes made outside PyTorch, which cannot be repaired.
     """
-    session = ProtectSession(on_conflict=on_conflict, max_stack=max_stack)
+    session = ProtectSession(on_conflict=on_conflict, checksum=checksum, max_stack=max_stack)
     if func is not None:
         return session(func)
     return session

@@ -214,7 +214,7 @@ class _State:
                 if t.shape == value.shape and t.dtype == value.dtype:
                     t.copy_(value)
                 else:  # the step swapped it (`p.data = ...`): swap back
-                    t.data = value.clone()
+                    t.data = value.clone()  # noqa: GG201 (a different shape: copy_ cannot)
             for t, grad in self.grads:
                 t.grad = None if grad is None else grad.clone()
         for obj, state in (*self.optimizers, *self.stateful):

@@ -78,7 +78,27 @@ class Option:
         return "--" + self.name.replace("_", "-")
 
 
+def _picture_path(value: str) -> str:
+    from gradguard._graph import check_path
+
+    try:
+        check_path(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(str(exc).replace("draw() ", "--graph ")) from None
+    return value
+
+
+def _html_path(value: str) -> str:
+    if not value.lower().endswith((".html", ".htm")):
+        raise ValueError(f"expected a path ending in .html, not {value!r}")
+    return value
+
+
 OPTIONS: tuple[Option, ...] = (
+    Option("mode", _choice("detect", "protect"), "detect",
+           "detect (default): report conflicts; protect: also repair them by copy-on-write "
+           "(backward gets the saved bytes as they were saved), and report what was copied",
+           "{detect,protect}"),
     Option("on_conflict", _choice("raise", "warn", "record"), "record",
            "raise: stop at the first conflict; warn: a warning per conflict; record "
            "(default): collect and report at exit. A write that moved a saved tensor's "
@@ -86,6 +106,11 @@ OPTIONS: tuple[Option, ...] = (
            "{raise,warn,record}"),
     Option("json", str, None, "also write the report as JSON to PATH (under torchrun: "
            "PATH with .rankN before the suffix, one file per rank)", "PATH"),
+    Option("graph", _picture_path, None, "also draw the autograd graph around each conflict "
+           "to PATH (.svg; .dot/.gv for Graphviz source; .rankN added under torchrun)",
+           "PATH"),
+    Option("html", _html_path, None, "also write a self-contained HTML report to PATH (each "
+           "conflict's report, source snippets and picture)", "PATH"),
     Option("checksum", _bool, False, "fingerprint saved tensors to catch writes outside "
            "PyTorch (NumPy views); costs a pass over every saved tensor's bytes"),
     Option("max_stack", _int_in(1, None), 8, "user frames kept per write (default 8)", "N"),
@@ -179,8 +204,11 @@ def options_help() -> str:
 # -- the run -----------------------------------------------------------------------------
 @dataclass
 class RunOptions:
+    mode: str = "detect"
     on_conflict: str = "record"
     json: Optional[str] = None
+    graph: Optional[str] = None
+    html: Optional[str] = None
     checksum: bool = False
     max_stack: int = 8
     exit_code: int = 1
@@ -215,16 +243,16 @@ def json_path_for(path: str, rank: Optional[int]) -> str:
     return f"{root}.rank{rank}{ext}"
 
 
-def _check_writable(path: str) -> None:
-    """Fail now, not after a long run, if the JSON report cannot be written."""
+def _check_writable(path: str, what: str = "the JSON report") -> None:
+    """Fail now, not after a long run, if a report file cannot be written."""
     if os.path.isdir(path):
-        raise UsageError(f"cannot write the JSON report to '{path}': it is a directory")
+        raise UsageError(f"cannot write {what} to '{path}': it is a directory")
     existed = os.path.exists(path)
     try:
         with open(path, "a", encoding="utf-8"):
             pass
     except OSError as exc:
-        raise UsageError(f"cannot write the JSON report to '{path}': "
+        raise UsageError(f"cannot write {what} to '{path}': "
                          f"{exc.strerror or exc}") from None
     if not existed:
         os.unlink(path)
@@ -239,12 +267,21 @@ def _use_color(setting: str, stream: Any) -> bool:
 
 
 def start_session(options: RunOptions) -> "DetectSession":
-    """The sanitizer session the target runs in (a `--mode` choosing another kind of
-    session, such as gradguard.protect(), belongs here)."""
+    """The session the target runs in: detect(), or protect() for ``--mode protect``."""
+    if options.mode == "protect":
+        from gradguard._protect import ProtectSession
+
+        return ProtectSession(on_conflict=options.on_conflict,  # type: ignore[arg-type]
+                              checksum=options.checksum, max_stack=options.max_stack)
     from gradguard._detect import DetectSession
 
     return DetectSession(on_conflict=options.on_conflict,  # type: ignore[arg-type]
                          checksum=options.checksum, max_stack=options.max_stack)
+
+
+def unrepaired(session: Any) -> list:
+    """The conflicts that count for the exit code: protect's repairs do not."""
+    return [c for c in session.conflicts if not c.repaired]
 
 
 def _compiled_graphs() -> int:
@@ -277,15 +314,54 @@ def _launcher_boundaries() -> None:
     sites.mark_internal(codes[-1], stop=True)
 
 
-def write_outputs(session: Any, options: RunOptions, json_path: Optional[str],
-                  run: dict[str, Any]) -> None:
-    """Write the report files (the JSON report; `--graph`/`--html` outputs go here)."""
-    if json_path is not None:
+def write_outputs(session: Any, paths: dict[str, str], run: dict[str, Any]) -> None:
+    """Write the report files: ``paths`` maps "json", "graph", "html" to where."""
+    if "json" in paths:
         data = session.to_dict()
         data["run"] = run
-        with open(json_path, "w", encoding="utf-8") as f:
+        protection = protect_summary(session)
+        if protection is not None:
+            data["protect"] = protection
+        with open(paths["json"], "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2)
             f.write("\n")
+    if "graph" in paths:
+        session.draw(paths["graph"])
+    if "html" in paths:
+        from gradguard._html import write_html
+
+        write_html(session, paths["html"])
+
+
+def protect_summary(session: Any) -> Optional[dict[str, Any]]:
+    """What ``--mode protect`` copied, for the JSON report (None in detect mode)."""
+    if not getattr(session, "repairs", False):
+        return None
+    return {
+        "copied_bytes": session.copied_bytes, "copies": session.copies,
+        "copy_sites": [
+            {"op": c.op, "count": c.count, "bytes": c.bytes,
+             "write": {"file": c.write.file, "line": c.write.line,
+                       "function": c.write.function} if c.write else None,
+             "saved": {"file": c.saved.file, "line": c.saved.line,
+                       "function": c.saved.function} if c.saved else None}
+            for c in session.copy_sites],
+    }
+
+
+def protect_lines(session: Any, limit: int = 5) -> list[str]:
+    """The report's account of ``--mode protect``'s copies (nothing in detect mode)."""
+    if not getattr(session, "repairs", False):
+        return []
+    lines = [f"gradguard: protect copied {session.copied_bytes} bytes in {session.copies} "
+             f"cop{'y' if session.copies == 1 else 'ies'}"
+             + (" (nothing saved for backward was overwritten)" if not session.copies else "")]
+    sites = session.copy_sites
+    for site in sites[:limit]:
+        lines.append(f"  {site}")
+    if len(sites) > limit:
+        lines.append(f"  ... and {len(sites) - limit} more sites (see --json)")
+    return lines
 
 
 def execute(options: RunOptions, target: _launch.Target,
@@ -295,9 +371,12 @@ def execute(options: RunOptions, target: _launch.Target,
 
     stderr = sys.stderr if stderr is None else stderr
     rank, world = rank_info()
-    json_path = json_path_for(options.json, rank) if options.json else None
-    if json_path is not None:
-        _check_writable(json_path)
+    paths = {key: json_path_for(value, rank) for key, value in
+             (("json", options.json), ("graph", options.graph), ("html", options.html))
+             if value}
+    for key, path in paths.items():
+        _check_writable(path, {"json": "the JSON report", "graph": "the graph picture",
+                               "html": "the HTML report"}[key])
     _launcher_boundaries()
     session = start_session(options)
     compiled_before = _compiled_graphs()
@@ -309,24 +388,25 @@ def execute(options: RunOptions, target: _launch.Target,
     finally:
         if os.getpid() == pid:  # not in a forked child that unwound through here
             _note_compiled_regions(session, compiled_before)
-            if code == 0 and session.conflicts:
+            if code == 0 and unrepaired(session):
                 code = options.exit_code
             prefix = f"[rank{rank}] " if rank is not None else ""
             sys.stdout.flush()
-            report = render_run(session.conflicts, session.coverage_gaps, prefix=prefix)
+            extra = "".join(f"\n{prefix}{line}" for line in protect_lines(session))
+            report = render_run(session.conflicts, session.coverage_gaps, prefix=prefix) + extra
             if _use_color(options.color, stderr):
                 stderr.write(render_run(session.conflicts, session.coverage_gaps,
-                                        prefix=prefix, color=True) + "\n")
+                                        prefix=prefix, color=True) + extra + "\n")
             else:
                 stderr.write(report + "\n")
             stderr.flush()
             run = {"target": target.label, "file": target.path, "args": target.args,
                    "exit_code": code, "rank": rank, "world_size": world}
             try:
-                write_outputs(session, options, json_path, run)
+                write_outputs(session, paths, run)
             except OSError as exc:
-                stderr.write(f"gradguard: error: cannot write the JSON report to "
-                             f"'{json_path}': {exc.strerror or exc}\n")
+                stderr.write(f"gradguard: error: cannot write '{exc.filename}': "
+                             f"{exc.strerror or exc}\n")
                 code = code or 2
     return RunResult(code, session, report)
 

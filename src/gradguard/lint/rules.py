@@ -17,7 +17,16 @@ _AUG_SYMBOL = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Floo
 
 
 def _name(w: Write) -> str:
-    return w.target_name or "the result"
+    if w.target_name:
+        return w.target_name
+    if w.kind == "data":  # `model.layer.weight.data.mul_()`: name the expression itself
+        for node in ast.walk(w.node):
+            if isinstance(node, ast.Attribute) and node.attr == "data":
+                text = ast.unparse(node.value)
+                if len(text) <= 60:
+                    return text
+                break
+    return "the result"
 
 
 def _describe(w: Write) -> str:
