@@ -175,7 +175,9 @@ class DetectSession:
         # The storage key is computed lazily, if a write ever needs to look it up.
         rec = SavedRecord(t if t.is_leaf else t.detach(), version, None, self, stack)
         rec.inner = entry
-        rec.producer = type(t.grad_fn)
+        grad_fn = t.grad_fn
+        rec.producer = type(grad_fn)
+        rec.fresh = grad_fn is not None and not t._is_view()
         rec.protector = self.protector
         runtime.registry.add(rec)
         if self.checksum:
@@ -237,7 +239,7 @@ class DetectSession:
 
         saver_op = rec.label or _forward_op(node_name)
         saved = SavedBy(op=saver_op, node=node_name, stack=sites.resolve(rec.stack))
-        name, is_param = module_path(t)
+        name, is_param = (None, False) if rec.fresh else module_path(t)
         tensor = TensorInfo(
             dtype=str(t.dtype), shape=tuple(t.shape), device=str(t.device),
             version_saved=rec.version, version_now=t._version, name=name,

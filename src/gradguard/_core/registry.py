@@ -42,7 +42,7 @@ class SavedRecord:
     __slots__ = (
         "tensor", "version", "key", "owner", "stack", "kind", "label", "writes",
         "checksum", "producer", "inner", "protector", "preserved", "expected", "tainted",
-        "__weakref__",
+        "fresh", "__weakref__",
     )
 
     def __init__(self, tensor: torch.Tensor, version: int, key: Optional[int], owner: Any,
@@ -58,6 +58,9 @@ class SavedRecord:
         self.checksum: Optional[int] = None
         self.producer: Optional[type] = None
         self.inner: tuple = ()  # torch code between the user's line and the save
+        # An op's own output, not a view: its bytes were allocated by that op, so it is
+        # no module's parameter or buffer (reports skip the costly search for a name).
+        self.fresh = False
         # Copy-on-write (`gradguard.protect`): the protect session that repairs this record,
         # the copy of the saved bytes taken just before the first write that overlapped
         # them, the version the tensor should have if every write since the save was one we
