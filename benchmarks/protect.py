@@ -280,7 +280,7 @@ def main(argv: List[str] | None = None) -> int:
         results["rows"][spec] = row
         print(f"# {spec}: " + "  ".join(
             f"{c} {row[c]['median_ms']:.1f}ms ({row[c]['ratio']:.3f}x, "
-            f"+{row[c]['peak_extra_rss_mib']:.0f} MiB)" for c in NAMES)
+            f"{row[c]['peak_extra_rss_mib']:+.0f} MiB)" for c in NAMES)
             + f"  [{time.perf_counter() - t0:.0f}s]", file=sys.stderr, flush=True)
     results["correctness"] = correctness()
 
@@ -293,7 +293,7 @@ def main(argv: List[str] | None = None) -> int:
     for spec, row in results["rows"].items():
         cells = [spec, f"{row['plain']['median_ms']:.1f}"]
         for c in ("protect", "allow_mutation"):
-            cells.append(f"{row[c]['ratio']:.3f}x, +{row[c]['peak_extra_rss_mib']:.0f} MiB")
+            cells.append(f"{row[c]['ratio']:.3f}x, {row[c]['peak_extra_rss_mib']:+.0f} MiB")
         cells.append(f"{row['protect']['copied_bytes_per_step']} B "
                      f"({row['protect']['copies_per_step']} copies)")
         print("| " + " | ".join(cells) + " |")
