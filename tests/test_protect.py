@@ -473,6 +473,24 @@ def test_save_on_cpu_inside_protect_is_a_coverage_gap():
     assert session.copies == 0
 
 
+def test_user_saved_tensor_hooks_inside_protect_are_a_coverage_gap():
+    """Any saved-tensor hooks entered inside protect() replace its hooks while active: what
+    they pack is theirs to keep safe. Hooks that copy (like these) stay correct; the gap is
+    reported either way."""
+    class CopyingHooks(torch.autograd.graph.saved_tensors_hooks):
+        def __init__(self):
+            super().__init__(lambda t: t.detach().clone(), lambda t: t)
+
+    reference = run(method_after_tanh, snapshot_saved_tensors())
+    with gradguard.protect() as session:
+        with CopyingHooks():
+            got = method_after_tanh()
+    assert torch.equal(got[0], reference[0])
+    (gap,) = session.coverage_gaps
+    assert "CopyingHooks" in gap and "not checked" in gap
+    assert session.copies == 0 and session.conflicts == []
+
+
 @pytest.mark.parametrize("reentrant", [False, True])
 def test_checkpoint_with_a_versioned_input_write_is_repaired(reentrant):
     """Both checkpoint implementations save their inputs through our hooks, so a versioned
