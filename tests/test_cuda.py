@@ -108,3 +108,33 @@ def test_gpt2_training_steps_bit_identical_on_cuda():
         assert all(torch.equal(p, q) for p, q in zip(plain[1], guarded[1]))
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+@pytest.mark.parametrize("opt", ["adamw_fused", "sgd_foreach"])
+def test_protect_on_cuda_matches_the_snapshot_reference(opt):
+    """Copy-on-write on device memory, with backward on the device thread: the GAN
+    ordering bug through CUDA foreach/fused steps gives the reference's gradients."""
+    from gradguard._core.snapshot import snapshot_saved_tensors
+
+    def program():
+        torch.manual_seed(0)
+        disc = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1)).cuda()
+        make = {"adamw_fused": lambda ps: torch.optim.AdamW(ps, lr=0.5, fused=True),
+                "sgd_foreach": lambda ps: torch.optim.SGD(ps, lr=0.5, momentum=0.9,
+                                                          foreach=True)}[opt]
+        o = make(disc.parameters())
+        x = torch.randn(16, 8, device="cuda", requires_grad=True)
+        loss_g = disc(x).mean()
+        disc(torch.randn(16, 8, device="cuda")).mean().backward()
+        o.step()  # WRITE-cuda-protect
+        loss_g.backward()
+        return x.grad
+
+    with snapshot_saved_tensors():
+        reference = program()
+    with gradguard.protect() as session:
+        got = program()
+    torch.cuda.synchronize()
+    assert torch.equal(got, reference)
+    assert session.copies >= 1 and all(c.repaired for c in session.conflicts)
+    assert session.copy_sites[0].write.line == line_of("WRITE-cuda-protect")
