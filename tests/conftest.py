@@ -20,3 +20,19 @@ def _no_leftover_sessions():
 
     assert not runtime.sessions, "a gradguard session leaked out of the test"
     assert not intercept.active(), "write interception left active"
+
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+
+@pytest.fixture
+def example_modules(monkeypatch):
+    """examples/ importable (as when a script there runs), and the example modules the test
+    imported forgotten afterwards, so the next run imports them afresh."""
+    monkeypatch.syspath_prepend(EXAMPLES)
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        module = sys.modules.get(name)
+        if os.path.dirname(os.path.abspath(getattr(module, "__file__", None) or "")) == EXAMPLES:
+            del sys.modules[name]

@@ -51,7 +51,7 @@ def test_every_example_is_tested():
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_buggy_example_reports_the_write_and_the_save(name, tmp_path, capsys, restore_modules):
+def test_buggy_example_reports_the_write_and_the_save(name, tmp_path, capsys, example_modules):
     case = CASES[name]
     path = str(EXAMPLES / f"{name}.py")
     assert main(["run", "--json", str(tmp_path / "r.json"), path]) == 1
@@ -79,20 +79,10 @@ def test_buggy_example_reports_the_write_and_the_save(name, tmp_path, capsys, re
         assert stdout.count("step ") == 3 and stdout.startswith("step 0: loss ")
 
 
-@pytest.fixture
-def restore_modules():
-    before = set(sys.modules)
-    yield
-    for name in set(sys.modules) - before:
-        if name in ("example_utils", *CASES):
-            del sys.modules[name]
-
-
 @pytest.mark.parametrize("name", CASES)
-def test_fixed_twin_is_clean_and_bit_identical(name, capsys, monkeypatch, restore_modules):
+def test_fixed_twin_is_clean_and_bit_identical(name, capsys, monkeypatch, example_modules):
     path = str(EXAMPLES / f"{name}.py")
     monkeypatch.setattr(sys, "argv", [path, "--fixed"])
-    monkeypatch.syspath_prepend(str(EXAMPLES))
     runpy.run_path(path, run_name="__main__")
     plain = capsys.readouterr()
 

@@ -28,19 +28,9 @@ BUGGY = {  # example -> the marker of its write line
 }
 
 
-@pytest.fixture
-def examples_path(monkeypatch):
-    monkeypatch.syspath_prepend(str(EXAMPLES))
-    before = set(sys.modules)
-    yield
-    for name in set(sys.modules) - before:
-        if name in ("example_utils", *BUGGY):
-            del sys.modules[name]
-
-
 @pytest.mark.parametrize("name", BUGGY)
 def test_protect_mode_runs_each_buggy_example_like_the_snapshot_reference(
-        name, tmp_path, capsys, monkeypatch, examples_path):
+        name, tmp_path, capsys, monkeypatch, example_modules):
     path = str(EXAMPLES / f"{name}.py")
     monkeypatch.setattr(sys, "argv", [path])
     with snapshot_saved_tensors():
@@ -63,7 +53,7 @@ def test_protect_mode_runs_each_buggy_example_like_the_snapshot_reference(
     assert f"gradguard: protect copied {protect['copied_bytes']} bytes" in err
 
 
-def test_protect_mode_on_a_correct_script_copies_nothing(capsys, examples_path):
+def test_protect_mode_on_a_correct_script_copies_nothing(capsys, example_modules):
     path = str(EXAMPLES / "gan_step_order.py")
     assert main(["run", "--mode", "protect", path, "--fixed"]) == 0
     err = capsys.readouterr().err
@@ -87,7 +77,7 @@ class _Text(HTMLParser):
         self.text.append(data)
 
 
-def test_graph_and_html_outputs(tmp_path, capsys, examples_path):
+def test_graph_and_html_outputs(tmp_path, capsys, example_modules):
     path = str(EXAMPLES / "weight_norm_data.py")
     svg, html = tmp_path / "conflict.svg", tmp_path / "report.html"
     assert main(["run", "--graph", str(svg), "--html", str(html), path]) == 1

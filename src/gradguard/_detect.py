@@ -152,6 +152,10 @@ class DetectSession:
 
         return to_dict(self.conflicts, self.coverage_gaps)
 
+    def trailer_lines(self) -> list[str]:
+        """Lines `gradguard run` prints after the conflicts (protect: what was copied)."""
+        return []
+
     def draw(self, path: Any, engine: str = "auto") -> Any:
         """Write an SVG of the autograd graph around each conflict to ``path`` (see
         `gradguard._graph.draw`: Graphviz ``dot`` when present, else a built-in layout)."""

@@ -98,9 +98,36 @@ class ProtectSession(DetectSession):
         out.sort(key=lambda c: (-c.bytes, -c.count))
         return out
 
+    def to_dict(self) -> dict[str, Any]:
+        """detect()'s schema plus ``"protect": {"copied_bytes", "copies", "copy_sites"}``."""
+        data = super().to_dict()
+        data["protect"] = {
+            "copied_bytes": self.copied_bytes, "copies": self.copies,
+            "copy_sites": [{"op": c.op, "count": c.count, "bytes": c.bytes,
+                            "write": _frame_dict(c.write), "saved": _frame_dict(c.saved)}
+                           for c in self.copy_sites],
+        }
+        return data
+
+    def trailer_lines(self, limit: int = 5) -> list[str]:
+        """What was copied and where, hottest sites first."""
+        lines = [f"gradguard: protect copied {self.copied_bytes} bytes in {self.copies} "
+                 f"cop{'y' if self.copies == 1 else 'ies'}"
+                 + (" (nothing saved for backward was overwritten)" if not self.copies else "")]
+        sites = self.copy_sites
+        lines += [f"  {site}" for site in sites[:limit]]
+        if len(sites) > limit:
+            lines.append(f"  ... and {len(sites) - limit} more sites (see --json)")
+        return lines
+
     def __repr__(self) -> str:
         return (f"<gradguard.ProtectSession copies={self.copies} "
                 f"copied_bytes={self.copied_bytes} conflicts={len(self.conflicts)}>")
+
+
+def _frame_dict(frame: Optional[Frame]) -> Optional[dict[str, Any]]:
+    return None if frame is None else {"file": frame.file, "line": frame.line,
+                                       "function": frame.function}
 
 
 @overload

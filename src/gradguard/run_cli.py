@@ -317,11 +317,8 @@ def _launcher_boundaries() -> None:
 def write_outputs(session: Any, paths: dict[str, str], run: dict[str, Any]) -> None:
     """Write the report files: ``paths`` maps "json", "graph", "html" to where."""
     if "json" in paths:
-        data = session.to_dict()
+        data = session.to_dict()  # a protect session's includes its "protect" block
         data["run"] = run
-        protection = protect_summary(session)
-        if protection is not None:
-            data["protect"] = protection
         with open(paths["json"], "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2)
             f.write("\n")
@@ -331,37 +328,6 @@ def write_outputs(session: Any, paths: dict[str, str], run: dict[str, Any]) -> N
         from gradguard._html import write_html
 
         write_html(session, paths["html"])
-
-
-def protect_summary(session: Any) -> Optional[dict[str, Any]]:
-    """What ``--mode protect`` copied, for the JSON report (None in detect mode)."""
-    if not getattr(session, "repairs", False):
-        return None
-    return {
-        "copied_bytes": session.copied_bytes, "copies": session.copies,
-        "copy_sites": [
-            {"op": c.op, "count": c.count, "bytes": c.bytes,
-             "write": {"file": c.write.file, "line": c.write.line,
-                       "function": c.write.function} if c.write else None,
-             "saved": {"file": c.saved.file, "line": c.saved.line,
-                       "function": c.saved.function} if c.saved else None}
-            for c in session.copy_sites],
-    }
-
-
-def protect_lines(session: Any, limit: int = 5) -> list[str]:
-    """The report's account of ``--mode protect``'s copies (nothing in detect mode)."""
-    if not getattr(session, "repairs", False):
-        return []
-    lines = [f"gradguard: protect copied {session.copied_bytes} bytes in {session.copies} "
-             f"cop{'y' if session.copies == 1 else 'ies'}"
-             + (" (nothing saved for backward was overwritten)" if not session.copies else "")]
-    sites = session.copy_sites
-    for site in sites[:limit]:
-        lines.append(f"  {site}")
-    if len(sites) > limit:
-        lines.append(f"  ... and {len(sites) - limit} more sites (see --json)")
-    return lines
 
 
 def execute(options: RunOptions, target: _launch.Target,
@@ -392,7 +358,7 @@ def execute(options: RunOptions, target: _launch.Target,
                 code = options.exit_code
             prefix = f"[rank{rank}] " if rank is not None else ""
             sys.stdout.flush()
-            extra = "".join(f"\n{prefix}{line}" for line in protect_lines(session))
+            extra = "".join(f"\n{prefix}{line}" for line in session.trailer_lines())
             report = render_run(session.conflicts, session.coverage_gaps, prefix=prefix) + extra
             if _use_color(options.color, stderr):
                 stderr.write(render_run(session.conflicts, session.coverage_gaps,

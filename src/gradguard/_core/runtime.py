@@ -164,37 +164,40 @@ class Runtime:
 
 def _copy_before_write(records: list[SavedRecord], write: WriteRecord) -> list:
     """Copy-on-write: keep the bytes ``records`` saved, before ``write`` overwrites them.
-    Returns (record, bytes counted) for each. One copy serves every record whose view lies
-    inside an already copied contiguous tensor (a saved base and views of it saved too),
-    so the largest views are copied first."""
+    Returns (record, bytes counted) for each. Records of the same view share a copy, and a
+    view lying inside an already copied contiguous saved tensor (a saved base and a view of
+    it) is served from that copy, so the largest views are copied first."""
     done = []
-    copied: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []  # start, end, src, copy
-    same: dict[tuple, torch.Tensor] = {}  # exact view -> its copy (strided views too)
-    records = sorted(records, key=lambda r: byte_range(r.tensor)[0] - byte_range(r.tensor)[1])
+    bases: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []  # start, end, src, copy
+    same: dict[tuple, torch.Tensor] = {}  # exact view -> its copy
+    ranged = sorted(((byte_range(r.tensor), r) for r in records),
+                    key=lambda item: item[0][0] - item[0][1])
     with torch.no_grad():
-        for rec in records:
+        for (start, end), rec in ranged:
             t = rec.tensor
-            start, end = byte_range(t)
             view = (t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
             copy = same.get(view)
-            for c_start, c_end, src, c in copied:
-                if copy is not None:
-                    break
-                if c_start <= start and end <= c_end and src.dtype == t.dtype:
-                    # `c` is a contiguous clone of `src`: the same element offsets apply.
-                    copy = c.as_strided(t.shape, t.stride(),
-                                        t.storage_offset() - src.storage_offset())
-                    break
+            if copy is None:
+                copy = _view_of_copied_base(bases, t, start, end)
             nbytes = 0
             if copy is None:
                 copy = same[view] = t.clone()
                 nbytes = copy.nbytes
                 if t.is_contiguous():
-                    copied.append((start, end, t, copy))
+                    bases.append((start, end, t, copy))
             rec.preserved = copy
             rec.protector.account_copy(rec, write, nbytes)
             done.append((rec, nbytes))
     return done
+
+
+def _view_of_copied_base(bases: list, t: torch.Tensor, start: int, end: int
+                         ) -> Optional[torch.Tensor]:
+    for b_start, b_end, src, copy in bases:
+        if b_start <= start and end <= b_end and src.dtype == t.dtype:
+            # `copy` is a contiguous clone of `src`: the same element offsets apply.
+            return copy.as_strided(t.shape, t.stride(), t.storage_offset() - src.storage_offset())
+    return None
 
 
 runtime = Runtime()
