@@ -177,9 +177,9 @@ class DetectSession:
         except RuntimeError:  # inference tensors have no version counter: nothing to check
             return t
         # The storage key is computed lazily, if a write ever needs to look it up.
-        rec = SavedRecord(t if t.is_leaf else t.detach(), version, None, self, stack)
+        grad_fn = t.grad_fn  # None exactly for leaves
+        rec = SavedRecord(t if grad_fn is None else t.detach(), version, None, self, stack)
         rec.inner = entry
-        grad_fn = t.grad_fn
         rec.producer = type(grad_fn)
         rec.fresh = grad_fn is not None and not t._is_view()
         rec.protector = self.protector
