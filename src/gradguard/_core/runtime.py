@@ -86,8 +86,8 @@ class Runtime:
         registry = self.registry
         if not registry.maybe_live():
             return None
-        touched: Optional[list] = None
-        copied: Optional[list] = None  # (record, bytes counted) for the copies made
+        touched: list[SavedRecord] = []
+        copied: list = []  # (record, bytes counted) for the copies made
         write: Optional[WriteRecord] = None
         for t in tensors:
             key = storage_key(t)
@@ -102,7 +102,7 @@ class Runtime:
                 write = WriteRecord(op, stack, entry, None, start, end, whole)
             else:
                 write = WriteRecord(op, write.stack, write.entry, None, start, end, whole)
-            to_copy: Optional[list] = None
+            to_copy: list[SavedRecord] = []
             intercept.state.busy = True
             try:
                 for rec in records:
@@ -112,19 +112,13 @@ class Runtime:
                     if rec.writes is None:
                         rec.writes = []
                     rec.writes.append((write, hit))
-                    if touched is None:
-                        touched = []
                     touched.append(rec)
                     if rec.protector is not None:
                         if rec.tensor._version != rec.expected:
                             rec.tainted = True  # changed by a write we did not see
                         elif hit and rec.preserved is None:
-                            if to_copy is None:
-                                to_copy = []
                             to_copy.append(rec)
                 if to_copy:
-                    if copied is None:
-                        copied = []
                     copied.extend(_copy_before_write(to_copy, write))
             finally:
                 intercept.state.busy = False
@@ -148,7 +142,7 @@ class Runtime:
             for rec in touched:
                 if rec.writes:
                     rec.writes.pop()
-            for rec, nbytes in copied or ():
+            for rec, nbytes in copied:
                 rec.preserved = None
                 rec.protector.account_copy(rec, None, -nbytes)
         if exc is None:
