@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import gradguard
-from gradguard.cli import main
+from gradguard._cli.main import main
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

@@ -13,8 +13,8 @@ import sys
 import pytest
 import torch
 
-from gradguard.cli import main
-from gradguard.run_cli import COMPILE_GAP
+from gradguard._cli.main import main
+from gradguard._cli.run import COMPILE_GAP
 from helpers import line_of
 
 TRAIN = '''\

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gradguard.cli import main
+from gradguard._cli.main import main
 from helpers import line_of
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 import gradguard
 from gradguard._core.runtime import runtime
-from gradguard._graph import to_dot
+from gradguard._explain.picture import to_dot
 from helpers import line_of
 
 SVG = "{http://www.w3.org/2000/svg}"

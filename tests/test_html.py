@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 
 import gradguard
-from gradguard._html import write_html
-from gradguard._report import render_conflict
+from gradguard._explain.html import write_html
+from gradguard._explain.text import render_conflict
 from helpers import line_of
 
 HERE = os.path.abspath(__file__)

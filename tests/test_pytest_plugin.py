@@ -10,8 +10,8 @@ import numpy  # noqa: F401
 import pytest
 import torch  # noqa: F401
 
-import gradguard._detect  # noqa: F401
-import gradguard._report  # noqa: F401
+import gradguard._detect.session  # noqa: F401
+import gradguard._explain.text  # noqa: F401
 
 pytest_plugins = ["pytester"]
 # In-process runs drop the modules they imported when they end; torch cannot be imported
@@ -230,7 +230,7 @@ def test_import_time_conflict_fails_a_run_whose_tests_pass(pytester):
 
 def test_plugin_imports_nothing_heavy_when_off():
     code = ("import sys, gradguard.pytest_plugin; "
-            "print(sorted(m for m in ('torch', 'gradguard._detect') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'gradguard._detect.session') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"

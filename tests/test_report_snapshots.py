@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gradguard.cli import main
+from gradguard._cli.main import main
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES = HERE.parent / "examples"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import gradguard
-from gradguard.cli import main
+from gradguard._cli.main import main
 
 PROGRAM = '''\
 import torch

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 import gradguard
-from gradguard.cli import main
-from gradguard.run_cli import parse_env
+from gradguard._cli.main import main
+from gradguard._cli.run import parse_env
 from gradguard.errors import UsageError
 from helpers import line_of
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from gradguard._core.snapshot import snapshot_saved_tensors
-from gradguard.cli import main
+from gradguard._cli.main import main
 from helpers import line_of
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

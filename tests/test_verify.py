@@ -7,7 +7,7 @@ import torch
 import pytest
 
 import gradguard
-from gradguard._verify import compare
+from gradguard._verify.verify import compare
 from helpers import line_of
 
 transformers = pytest.importorskip("transformers")

@@ -23,21 +23,21 @@ from gradguard.errors import GradguardError, InplaceConflictError, UsageError
 __version__ = "0.1.0"
 
 _LAZY = {
-    "detect": "gradguard._detect",
-    "DetectSession": "gradguard._detect",
-    "InplaceConflictWarning": "gradguard._detect",
-    "protect": "gradguard._protect",
-    "ProtectSession": "gradguard._protect",
-    "CopySite": "gradguard._protect",
-    "Conflict": "gradguard._conflict",
-    "Mutation": "gradguard._conflict",
-    "SavedBy": "gradguard._conflict",
-    "TensorInfo": "gradguard._conflict",
-    "Frame": "gradguard._conflict",
-    "verify": "gradguard._verify",
-    "VerifyResult": "gradguard._verify",
-    "GradDifference": "gradguard._verify",
-    "write_html": "gradguard._html",
+    "detect": "gradguard._detect.session",
+    "DetectSession": "gradguard._detect.session",
+    "InplaceConflictWarning": "gradguard._detect.session",
+    "protect": "gradguard._protect.session",
+    "ProtectSession": "gradguard._protect.session",
+    "CopySite": "gradguard._protect.session",
+    "Conflict": "gradguard._findings.model",
+    "Mutation": "gradguard._findings.model",
+    "SavedBy": "gradguard._findings.model",
+    "TensorInfo": "gradguard._findings.model",
+    "Frame": "gradguard._findings.model",
+    "verify": "gradguard._verify.verify",
+    "VerifyResult": "gradguard._verify.verify",
+    "GradDifference": "gradguard._verify.verify",
+    "write_html": "gradguard._explain.html",
 }
 
 __all__ = sorted([*_LAZY, "GradguardError", "InplaceConflictError", "UsageError", "__version__"])

@@ -1,6 +1,6 @@
 """``python -m gradguard`` runs the command-line interface."""
 import sys
 
-from gradguard.cli import main
+from gradguard._cli.main import main
 
 sys.exit(main())

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
-    from gradguard._conflict import Conflict
+    from gradguard._findings.model import Conflict
 
 
 class GradguardError(Exception):

@@ -77,7 +77,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
     state = _RunState(_enabled(early_config))
     early_config.stash[_RUN] = state
     if state.enabled:
-        from gradguard._detect import DetectSession
+        from gradguard._detect.session import DetectSession
 
         state.import_session = DetectSession(on_conflict="record")
         state.import_session.__enter__()  # installs the write patches too
@@ -141,7 +141,7 @@ def pytest_runtest_setup(item: pytest.Item):  # type: ignore[no-untyped-def]
     options = _options(item)
     if options is None:
         return (yield)
-    from gradguard._detect import DetectSession
+    from gradguard._detect.session import DetectSession
 
     mode, kwargs = options
     try:
@@ -213,7 +213,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if state is None:
         return
     if state.import_conflicts:
-        from gradguard._report import render_text
+        from gradguard._explain.text import render_text
 
         terminalreporter.section("gradguard: conflicts while importing conftests and tests",
                                  sep="=", red=True)

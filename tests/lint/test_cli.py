@@ -1,4 +1,4 @@
-"""The lint/fix/rule commands through ``gradguard.cli.main`` and ``python -m gradguard``."""
+"""The lint/fix/rule commands through ``gradguard._cli.main.main`` and ``python -m gradguard``."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gradguard.cli import main
+from gradguard._cli.main import main
 
 BUGGY = """import torch
 

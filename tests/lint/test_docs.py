@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gradguard.lint.rule_cli import table
+from gradguard._cli.rule import table
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "lint.md"
 

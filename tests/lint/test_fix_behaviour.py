@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from gradguard.cli import main  # noqa: E402
+from gradguard._cli.main import main  # noqa: E402
 from gradguard.lint.engine import resolve_selection  # noqa: E402
 from gradguard.lint.fixer import fix_source  # noqa: E402
 

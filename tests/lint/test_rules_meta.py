@@ -8,7 +8,7 @@ import pytest
 
 from gradguard.lint import base
 from gradguard.lint.base import Rule, all_rules
-from gradguard.lint.rule_cli import render, table
+from gradguard._cli.rule import render, table
 
 SECTIONS = ("## What it does", "## Why is this bad?", "## Example", "Use instead:", "## Fix safety")
 
@@ -81,7 +81,7 @@ def test_lint_package_does_not_import_torch_or_libcst() -> None:
     import subprocess
 
     code = ("import sys, gradguard; before = {'torch', 'libcst'} & set(sys.modules); "
-            "import gradguard.lint, gradguard.lint.cli, gradguard.lint.rule_cli; "
+            "import gradguard.lint, gradguard._cli.lint, gradguard._cli.rule; "
             "from gradguard.lint import lint_source; lint_source('import torch\\nx = torch.sigmoid(y)\\nx.mul_(2)\\n'); "
             "print(sorted(({'torch', 'libcst'} & set(sys.modules)) - before))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

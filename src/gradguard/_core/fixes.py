@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from gradguard._conflict import Frame
+from gradguard._findings.model import Frame
 
 _NAME = r"[A-Za-z_][\w\.]*(?:\[[^\]]*\])?"
 

@@ -16,7 +16,7 @@ from gradguard._core.registry import (
 )
 
 if TYPE_CHECKING:
-    from gradguard._detect import DetectSession
+    from gradguard._detect.session import DetectSession
 
 # PyTorch's in-place errors raised at the write itself, and our kind for each.
 WRITE_ERRORS = (

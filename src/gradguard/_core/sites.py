@@ -16,7 +16,7 @@ from typing import Tuple
 
 import torch
 
-from gradguard._conflict import Frame
+from gradguard._findings.model import Frame
 
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 _GRADGUARD_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep

@@ -4,7 +4,7 @@
     all_rules()                 -> {code: Rule class}
     fix_source(...)             in gradguard.lint.fixer (libcst)
 
-CLI entry points: gradguard.lint.cli (lint), .fix_cli (fix), .rule_cli (rule).
+CLI entry points: gradguard._cli.lint (lint), .fix_cli (fix), .rule_cli (rule).
 """
 from __future__ import annotations
 

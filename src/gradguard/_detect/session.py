@@ -27,8 +27,8 @@ from gradguard._core import fixes, sites
 from gradguard._core.names import module_path
 from gradguard._core.registry import SavedRecord, byte_range
 from gradguard._core.runtime import new_record, runtime
-from gradguard._conflict import Conflict, Mutation, SavedBy, TensorInfo
-from gradguard._graph import capture as capture_graph
+from gradguard._findings.model import Conflict, Mutation, SavedBy, TensorInfo
+from gradguard._explain.picture import capture as capture_graph
 from gradguard.errors import InplaceConflictError
 
 OnConflict = Literal["raise", "warn", "record"]
@@ -143,12 +143,12 @@ class DetectSession:
     # -- reporting ------------------------------------------------------------------
     def report(self, color: bool = False) -> str:
         """The text report of every conflict found so far ('' when none)."""
-        from gradguard._report import render_text
+        from gradguard._explain.text import render_text
 
         return render_text(self.conflicts, self.coverage_gaps, color=color)
 
     def to_dict(self) -> dict[str, Any]:
-        from gradguard._report import to_dict
+        from gradguard._explain.text import to_dict
 
         return to_dict(self.conflicts, self.coverage_gaps)
 
@@ -158,8 +158,8 @@ class DetectSession:
 
     def draw(self, path: Any, engine: str = "auto") -> Any:
         """Write an SVG of the autograd graph around each conflict to ``path`` (see
-        `gradguard._graph.draw`: Graphviz ``dot`` when present, else a built-in layout)."""
-        from gradguard._graph import draw
+        `gradguard._explain.picture.draw`: Graphviz ``dot`` when present, else a built-in layout)."""
+        from gradguard._explain.picture import draw
 
         return draw(self.conflicts, path, engine=engine)
 
@@ -364,7 +364,7 @@ class DetectSession:
                  stock_line: Optional[str] = None) -> None:
         self._record(conflict)
         if fatal or (self.on_conflict == "raise" and not conflict.repaired):
-            from gradguard._report import render_text
+            from gradguard._explain.text import render_text
 
             message = render_text([conflict], ())
             if stock_line:
@@ -400,7 +400,7 @@ class DetectSession:
         conflict = Conflict(kind=kind, write=mutation, tensor=tensor, fix=fix,
                             detail=str(exc).splitlines()[0])
         self._record(conflict)
-        from gradguard._report import render_text
+        from gradguard._explain.text import render_text
 
         if hasattr(exc, "add_note"):
             exc.add_note("\n" + render_text([conflict], ()))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Sequence
 
-from gradguard._conflict import Conflict, Frame
+from gradguard._findings.model import Conflict, Frame
 
 SCHEMA_VERSION = 1
 

@@ -4,7 +4,7 @@
     gradguard run [options] -m module [args...]
 
 The target runs exactly as ``python script.py args`` / ``python -m module args`` would
-(see `gradguard._launch`), inside one `gradguard.detect()` session entered before its
+(see `gradguard._cli.launch`), inside one `gradguard.detect()` session entered before its
 first line. When it ends -- normally, by ``sys.exit``, or by an exception, whose own
 traceback is printed first -- the report goes to stderr (prefixed ``[rankN]`` under
 torchrun) and ``--json`` is written. Exit code: the target's own if non-zero, else
@@ -23,11 +23,11 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
-from gradguard import _launch
+from gradguard._cli import launch as _launch
 from gradguard.errors import UsageError
 
 if TYPE_CHECKING:
-    from gradguard._detect import DetectSession
+    from gradguard._detect.session import DetectSession
 
 ENV_VAR = "GRADGUARD_OPTIONS"
 
@@ -79,7 +79,7 @@ class Option:
 
 
 def _picture_path(value: str) -> str:
-    from gradguard._graph import check_path
+    from gradguard._explain.picture import check_path
 
     try:
         check_path(value)
@@ -269,11 +269,11 @@ def _use_color(setting: str, stream: Any) -> bool:
 def start_session(options: RunOptions) -> "DetectSession":
     """The session the target runs in: detect(), or protect() for ``--mode protect``."""
     if options.mode == "protect":
-        from gradguard._protect import ProtectSession
+        from gradguard._protect.session import ProtectSession
 
         return ProtectSession(on_conflict=options.on_conflict,  # type: ignore[arg-type]
                               checksum=options.checksum, max_stack=options.max_stack)
-    from gradguard._detect import DetectSession
+    from gradguard._detect.session import DetectSession
 
     return DetectSession(on_conflict=options.on_conflict,  # type: ignore[arg-type]
                          checksum=options.checksum, max_stack=options.max_stack)
@@ -325,7 +325,7 @@ def write_outputs(session: Any, paths: dict[str, str], run: dict[str, Any]) -> N
     if "graph" in paths:
         session.draw(paths["graph"])
     if "html" in paths:
-        from gradguard._html import write_html
+        from gradguard._explain.html import write_html
 
         write_html(session, paths["html"])
 
@@ -333,7 +333,7 @@ def write_outputs(session: Any, paths: dict[str, str], run: dict[str, Any]) -> N
 def execute(options: RunOptions, target: _launch.Target,
             stderr: Any = None) -> RunResult:
     """Run ``target`` under the sanitizer, print the report, write the outputs."""
-    from gradguard._report import render_run
+    from gradguard._explain.text import render_run
 
     stderr = sys.stderr if stderr is None else stderr
     rank, world = rank_info()

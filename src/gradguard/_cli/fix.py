@@ -9,7 +9,7 @@ import tokenize
 from pathlib import Path
 
 from gradguard.errors import UsageError
-from gradguard.lint.cli import Selection, add_selection_arguments
+from gradguard._cli.lint import Selection, add_selection_arguments
 from gradguard.lint.engine import decode_source
 
 
@@ -20,11 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gradguard.lint.cli import _silence_stdout
+    from gradguard._cli.lint import _silence_stdout
 
     try:
         if getattr(args, "from_report", None):
-            from gradguard.lint.report import run_from_report
+            from gradguard._cli.fix_report import run_from_report
 
             return run_from_report(args)
         return run_fixes(args)

@@ -137,7 +137,7 @@ def fix_for_line(ctx: FileContext, line: int) -> tuple:
 def run_from_report(args: argparse.Namespace) -> int:
     from gradguard.lint.analysis import Facts
     from gradguard.lint.engine import decode_source
-    from gradguard.lint.fix_cli import write_or_diff
+    from gradguard._cli.fix import write_or_diff
     from gradguard.lint.fixer import apply_fixes
 
     if args.paths:

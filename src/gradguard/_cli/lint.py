@@ -78,7 +78,7 @@ def _silence_stdout() -> None:
 
 def _run(args: argparse.Namespace) -> int:
     if args.fix or args.diff:
-        from gradguard.lint.fix_cli import run_fixes
+        from gradguard._cli.fix import run_fixes
 
         rc = run_fixes(args, quiet_summary=args.format != "text")
         if args.diff:
@@ -107,7 +107,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:  # pragma: no cover - convenience
-    from gradguard.cli import main as gg_main
+    from gradguard._cli.main import main as gg_main
 
     return gg_main(["lint", *(argv or [])])
 

@@ -31,7 +31,7 @@ from xml.sax.saxutils import escape
 
 import torch
 
-from gradguard._conflict import Conflict, Frame, TensorInfo
+from gradguard._findings.model import Conflict, Frame, TensorInfo
 
 MAX_NEIGHBOURS = 6  # per group (inputs, consumers, readers); the rest become "... N more"
 MAX_VISIT = 200_000  # autograd nodes walked to find consumers (only on a conflict)
@@ -107,7 +107,7 @@ def _describe_fn(fn: Any, leaf_name: Optional[str] = None) -> tuple[str, list[st
     """Label and detail lines of an autograd node: ``MulBackward0`` / ``mul``; a leaf's
     AccumulateGrad is described (``leaf f32[4]``), and named when it is the conflict's own
     tensor (naming others would cost a scan of every live module each)."""
-    from gradguard._detect import _forward_op
+    from gradguard._detect.session import _forward_op
 
     name = fn.name()
     if name.endswith("AccumulateGrad"):

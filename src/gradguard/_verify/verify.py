@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from gradguard._conflict import Conflict
+from gradguard._findings.model import Conflict
 from gradguard._core.snapshot import snapshot_saved_tensors
 from gradguard.errors import InplaceConflictError
 
@@ -78,7 +78,7 @@ class VerifyResult:
         return not self.differences and self.error is None
 
     def report(self) -> str:
-        from gradguard._report import render_text
+        from gradguard._explain.text import render_text
 
         tol = f"rtol={self.rtol:g}, atol={self.atol:g}"
         if self.error is not None:

@@ -2,7 +2,7 @@
 
 For each conflict: its text report (the same text as ``session.report()``), the source
 around the write line and the save line, and its picture (inline SVG from
-`gradguard._graph`). Then the coverage gaps. ``write_html(session, path)`` is what
+`gradguard._explain.picture`). Then the coverage gaps. ``write_html(session, path)`` is what
 ``gradguard run --html PATH`` calls.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from gradguard._conflict import Conflict, Frame
+from gradguard._findings.model import Conflict, Frame
 
 CONTEXT_LINES = 3  # source lines shown above and below the write and the save line
 
@@ -62,8 +62,8 @@ def _code_block(title: str, frame: Optional[Frame], css_class: str) -> str:
 
 def render_html(conflicts: Sequence[Conflict], gaps: Sequence[str] = (),
                 title: str = "gradguard report") -> str:
-    from gradguard._graph import render_svg
-    from gradguard._report import render_conflict
+    from gradguard._explain.picture import render_svg
+    from gradguard._explain.text import render_conflict
 
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",

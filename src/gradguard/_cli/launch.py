@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from gradguard.errors import InplaceConflictError, UsageError
 
-_GRADGUARD_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_GRADGUARD_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _RUNPY_FILES = {"<frozen runpy>", getattr(runpy, "__file__", "") or ""}
 
 

@@ -130,7 +130,7 @@ class Conflict:
     fix: str = ""
     detail: str = ""  # what happened, one sentence; e.g. the PyTorch error it explains
     repaired: bool = False
-    # The autograd graph around the conflict, as plain strings (see gradguard._graph);
+    # The autograd graph around the conflict, as plain strings (see gradguard._explain.picture);
     # captured when backward confirms it, None otherwise. Not part of to_dict().
     graph: Optional[dict[str, Any]] = field(default=None, repr=False, compare=False)
 

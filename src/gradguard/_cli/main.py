@@ -18,10 +18,10 @@ from gradguard.errors import GradguardError
 # name -> (module, one-line help). Modules are imported lazily so that
 # `gradguard lint` does not pay for importing torch.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "lint": ("gradguard.lint.cli", "find in-place autograd hazards in Python source"),
-    "fix": ("gradguard.lint.fix_cli", "rewrite in-place autograd hazards out of place"),
-    "rule": ("gradguard.lint.rule_cli", "print the documentation of a lint rule"),
-    "run": ("gradguard.run_cli", "run a script or module under the in-place write sanitizer"),
+    "lint": ("gradguard._cli.lint", "find in-place autograd hazards in Python source"),
+    "fix": ("gradguard._cli.fix", "rewrite in-place autograd hazards out of place"),
+    "rule": ("gradguard._cli.rule", "print the documentation of a lint rule"),
+    "run": ("gradguard._cli.run", "run a script or module under the in-place write sanitizer"),
 }
 
 

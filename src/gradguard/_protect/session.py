@@ -17,10 +17,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar, overload
 
-from gradguard._conflict import Frame
+from gradguard._findings.model import Frame
 from gradguard._core import sites
 from gradguard._core.registry import SavedRecord, WriteRecord
-from gradguard._detect import DetectSession, OnConflict
+from gradguard._detect.session import DetectSession, OnConflict
 
 F = TypeVar("F", bound=Callable[..., Any])
 
