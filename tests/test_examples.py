@@ -71,7 +71,7 @@ def test_buggy_example_reports_the_write_and_the_save(name, tmp_path, capsys, ex
         f"{case['write_function']} ({case['op']})")
     if case["fatal"]:  # stock PyTorch fails too: the script dies in its first step
         assert "Traceback (most recent call last):" in stderr
-        assert ("gradguard.errors.InplaceConflictError: one of the variables needed for "
+        assert ("gradguard.InplaceConflictError: one of the variables needed for "
                 "gradient computation has been modified by an inplace operation") in stderr
         assert stdout == ""
     else:  # silent in stock PyTorch: recorded, and the script runs to its end

@@ -389,8 +389,10 @@ def test_the_copy_dies_with_the_graph():
             with gradguard.protect() as session:
                 h = torch.tanh(x)
                 h.mul_(2)
-                (copy,) = {id(r.preserved): r.preserved for r in runtime.registry.records()
-                           if r.preserved is not None}.values()
+                copies = [r.extra.copy for r in runtime.registry.records()
+                          if r.extra is not None and r.extra.copy is not None]
+                (copy,) = {id(c): c for c in copies}.values()
+                del copies
                 ref = weakref.ref(copy)
                 del copy
                 h.sum().backward()

@@ -180,7 +180,7 @@ def test_fatal_conflict_keeps_the_scripts_traceback_then_reports_once(tmp_path, 
     assert trace.startswith("Traceback (most recent call last):\n")
     assert f'File "{script}", line {line_of("BACKWARD", str(script))}, in step' in trace
     assert trace.splitlines()[-1].startswith(
-        "gradguard.errors.InplaceConflictError: one of the variables needed for gradient "
+        "gradguard.InplaceConflictError: one of the variables needed for gradient "
         "computation has been modified by an inplace operation")
     assert "gradguard" not in "".join(line for line in trace.splitlines()
                                       if line.startswith("  File"))  # our frames trimmed

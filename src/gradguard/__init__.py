@@ -6,26 +6,36 @@ Public API::
     gradguard.DetectSession          what detect() returns: .conflicts, .report()
     gradguard.protect(...)           copy-on-write, so writes cannot corrupt saved tensors
     gradguard.ProtectSession         what protect() returns: .copied_bytes, .copy_sites
-    gradguard.Conflict               one finding (with Mutation, SavedBy, TensorInfo, Frame)
-    gradguard.InplaceConflictError   raised in "raise" mode (a RuntimeError)
     gradguard.verify(step, *args)    gradients vs a reference immune to in-place writes
+    gradguard.Conflict               one finding (with Mutation, SavedBy, TensorInfo, Frame)
+    gradguard.write_html(...)        a self-contained HTML page of a session's report
+    gradguard.InplaceConflictError   raised in "raise" mode (a RuntimeError); the rest of
+                                     the exception and warning tree is in gradguard.errors
 
-Submodules are private; everything public is re-exported here. Torch is imported lazily
-so that `gradguard lint` starts fast.
+Submodules are private; everything public is re-exported here. Torch is imported lazily,
+on first use of a name that needs it, so that `gradguard lint` starts fast.
 """
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gradguard.errors import GradguardError, InplaceConflictError, UsageError
+from gradguard.errors import (
+    GradguardError, InplaceConflictError, InplaceConflictWarning, UsageError,
+)
+
+if TYPE_CHECKING:  # what type checkers see; at run time the names load lazily below
+    from gradguard._detect.session import DetectSession, detect
+    from gradguard._explain.html import write_html
+    from gradguard._findings.model import Conflict, Frame, Mutation, SavedBy, TensorInfo
+    from gradguard._protect.session import CopySite, ProtectSession, protect
+    from gradguard._verify.verify import GradDifference, VerifyResult, verify
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "detect": "gradguard._detect.session",
     "DetectSession": "gradguard._detect.session",
-    "InplaceConflictWarning": "gradguard._detect.session",
     "protect": "gradguard._protect.session",
     "ProtectSession": "gradguard._protect.session",
     "CopySite": "gradguard._protect.session",
@@ -40,7 +50,8 @@ _LAZY = {
     "write_html": "gradguard._explain.html",
 }
 
-__all__ = sorted([*_LAZY, "GradguardError", "InplaceConflictError", "UsageError", "__version__"])
+__all__ = sorted([*_LAZY, "GradguardError", "InplaceConflictError", "InplaceConflictWarning",
+                  "UsageError", "__version__"])
 
 
 def __getattr__(name: str) -> Any:

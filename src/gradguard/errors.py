@@ -1,9 +1,13 @@
-"""Exceptions raised by gradguard.
+"""Everything gradguard raises or warns on purpose.
 
-    GradguardError                    base of everything gradguard raises on purpose
-    ├── UsageError                    bad input to the CLI or API (missing file, bad option)
-    └── InplaceConflictError          (also a RuntimeError) an in-place write broke autograd;
+    Exception
+    └── GradguardError                base of every error gradguard raises on purpose
+        ├── UsageError                bad input to the CLI or API (missing file, bad option)
+        └── InplaceConflictError      (also a RuntimeError) an in-place write broke autograd;
                                       its message is the full report, `.conflicts` the findings
+
+    UserWarning
+    └── InplaceConflictWarning        one per conflict with ``on_conflict="warn"``
 """
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
     from gradguard._findings.model import Conflict
+
+__all__ = ["GradguardError", "UsageError", "InplaceConflictError", "InplaceConflictWarning"]
 
 
 class GradguardError(Exception):
@@ -31,3 +37,11 @@ class InplaceConflictError(GradguardError, RuntimeError):
     def __init__(self, message: str, conflicts: Sequence["Conflict"] = ()) -> None:
         super().__init__(message)
         self.conflicts = list(conflicts)
+
+
+class InplaceConflictWarning(UserWarning):
+    """Issued for each conflict in ``on_conflict="warn"`` mode, at the writing line."""
+
+
+for _public in (GradguardError, UsageError, InplaceConflictError, InplaceConflictWarning):
+    _public.__module__ = "gradguard"

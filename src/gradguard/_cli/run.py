@@ -317,8 +317,7 @@ def _launcher_boundaries() -> None:
 def write_outputs(session: Any, paths: dict[str, str], run: dict[str, Any]) -> None:
     """Write the report files: ``paths`` maps "json", "graph", "html" to where."""
     if "json" in paths:
-        data = session.to_dict()  # a protect session's includes its "protect" block
-        data["run"] = run
+        data = session.to_dict(run=run)  # a protect session's includes its "protect" block
         with open(paths["json"], "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2)
             f.write("\n")

@@ -15,12 +15,13 @@ ResNet step entered per step). `uninstall()` restores the exact original attribu
 """
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any, Callable, Iterable, Optional
 
 import torch
 
-_MISSING = object()
+from gradguard._core.patching import Patches
 # Bound once: dynamo recognises this function by identity and folds it to True while
 # tracing, so compiled code skips gradguard's bookkeeping (and guards on none of it).
 _is_compiling = torch.compiler.is_compiling
@@ -52,7 +53,7 @@ state = _State()
 
 # The object told about writes: set by install(), see `gradguard._core.runtime.Runtime`.
 _listener: Any = None
-_installed: list[tuple[Any, str, Any]] = []  # (owner, attribute, original or _MISSING)
+_installed = Patches()
 _lock = threading.Lock()
 
 
@@ -101,15 +102,15 @@ def _make_wrapper(orig: Callable, op: str, targets: Callable, whole: bool,
             listener.after_write(token)
         return result
 
-    gradguard_write.__wrapped__ = orig  # type: ignore[attr-defined]
-    gradguard_write.__name__ = getattr(orig, "__name__", op)
-    gradguard_write.__doc__ = getattr(orig, "__doc__", None)
+    # Name, qualname, module, doc and (through __wrapped__) signature of the original.
+    functools.update_wrapper(gradguard_write, orig)
     return gradguard_write
 
 
 def _data_setter_wrapper() -> property:
-    getter = torch._C.TensorBase.data.__get__
-    setter = torch._C.TensorBase.data.__set__
+    stock = torch._C.TensorBase.data
+    getter = stock.__get__
+    setter = stock.__set__
 
     def set_data(self: torch.Tensor, value: torch.Tensor) -> None:
         listener = _listener
@@ -124,7 +125,10 @@ def _data_setter_wrapper() -> property:
         if token is not None:
             listener.after_write(token)
 
-    return property(getter, set_data, doc=torch._C.TensorBase.data.__doc__)
+    def del_data(self: torch.Tensor) -> None:
+        stock.__delete__(self)  # PyTorch's own error, as without gradguard
+
+    return property(getter, set_data, del_data, doc=stock.__doc__)
 
 
 def _out_capable_functions() -> list[str]:
@@ -214,10 +218,8 @@ def install(listener: Any) -> None:
         if _PLAN is None:
             _PLAN = _plan()
         for owner, name, wrapper in _PLAN:
-            _installed.append((owner, name, owner.__dict__.get(name, _MISSING)))
-            setattr(owner, name, wrapper)
-        _installed.append((torch.Tensor, "data", torch.Tensor.__dict__.get("data", _MISSING)))
-        torch.Tensor.data = _data_setter_wrapper()  # type: ignore[misc]
+            _installed.replace(owner, name, wrapper)
+        _installed.replace(torch.Tensor, "data", _data_setter_wrapper())
         _register_for_torchscript(_PLAN)
         _listener = listener
 
@@ -226,15 +228,7 @@ def uninstall() -> None:
     global _listener
     with _lock:
         _listener = None
-        while _installed:
-            owner, name, orig = _installed.pop()
-            if orig is _MISSING:
-                try:
-                    delattr(owner, name)
-                except AttributeError:
-                    pass
-            else:
-                setattr(owner, name, orig)
+        _installed.restore()
 
 
 def deactivate() -> None:

@@ -40,9 +40,8 @@ class SavedRecord:
     """A tensor autograd saved for backward, as our pack hook saw it."""
 
     __slots__ = (
-        "tensor", "version", "key", "owner", "stack", "kind", "label", "writes",
-        "checksum", "producer", "inner", "protector", "preserved", "expected", "tainted",
-        "fresh", "__weakref__",
+        "tensor", "version", "key", "owner", "watcher", "stack", "kind", "label", "writes",
+        "checksum", "producer", "inner", "fresh", "extra", "__weakref__",
     )
 
     def __init__(self, tensor: torch.Tensor, version: int, key: Optional[int], owner: Any,
@@ -50,7 +49,10 @@ class SavedRecord:
         self.tensor = tensor
         self.version = version
         self.key = key
-        self.owner = owner  # the session that saved it
+        self.owner = owner  # the session that saved it (unpacks it, confirms conflicts)
+        # The session told of writes to it (`Session.before_writes`), or None: most records
+        # have none, and then a write costs no call.
+        self.watcher: Any = None
         self.stack = stack
         self.kind = kind  # "saved" | "ctx" | "checkpoint"
         self.label = label  # e.g. the autograd.Function name for ctx attributes
@@ -61,14 +63,7 @@ class SavedRecord:
         # An op's own output, not a view: its bytes were allocated by that op, so it is
         # no module's parameter or buffer (reports skip the costly search for a name).
         self.fresh = False
-        # Copy-on-write (`gradguard.protect`): the protect session that repairs this record,
-        # the copy of the saved bytes taken just before the first write that overlapped
-        # them, the version the tensor should have if every write since the save was one we
-        # intercepted, and whether some write we did not see changed it (then no repair).
-        self.protector: Any = None
-        self.preserved: Optional[torch.Tensor] = None
-        self.expected = version
-        self.tainted = False
+        self.extra: Any = None  # the watcher's own per-record state (copy-on-write's copy)
 
 
 def storage_key(t: torch.Tensor) -> Optional[int]:

@@ -1,24 +1,25 @@
 """The process-wide runtime shared by every gradguard session.
 
-One registry of live saved tensors, one set of write patches, and the stack of active
-sessions. Sessions come and go; the patches stay installed while any is active.
+One registry of live saved tensors, one set of patches, and the stack of active sessions.
+Sessions come and go; the patches stay installed while any is active. The runtime does the
+neutral bookkeeping (which write touched which saved record, and whether it overlapped its
+bytes) and tells sessions through the listener methods of `gradguard._core.session.Session`;
+what a write *means* -- a conflict, a copy to make -- is the capabilities' business.
 """
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import torch
 
-from gradguard._core import intercept, sites
+from gradguard._core import intercept, patching, sites
 from gradguard._core.registry import (
     Registry, SavedRecord, WriteRecord, byte_range, overlaps, storage_key,
 )
+from gradguard._core.session import GradguardHooks, Session
 
-if TYPE_CHECKING:
-    from gradguard._detect.session import DetectSession
-
-# PyTorch's in-place errors raised at the write itself, and our kind for each.
+# PyTorch's in-place errors raised at the write itself, and the kind of finding for each.
 WRITE_ERRORS = (
     ("a view of a leaf Variable that requires grad is being used in an in-place",
      "leaf-view-inplace"),
@@ -31,63 +32,53 @@ WRITE_ERRORS = (
 
 class _ThreadSessions(threading.local):
     def __init__(self) -> None:
-        self.stack: list["DetectSession"] = []
+        self.stack: list[Session] = []
 
 
 class Runtime:
     def __init__(self) -> None:
         self.registry = Registry()
         self._lock = threading.RLock()
-        self.sessions: list["DetectSession"] = []  # active sessions of every thread
+        self.sessions: list[Session] = []  # active sessions of every thread
         self._local = _ThreadSessions()  # this thread's, innermost last (saved-tensor
         # hooks are thread-local in PyTorch, so nesting is per thread too)
-        self.eager_sessions = 0
+        self._patches = patching.Patches()  # Function.apply, saved_tensors_hooks.__enter__
 
     # -- sessions -----------------------------------------------------------------
-    def acquire(self, session: "DetectSession") -> None:
+    def acquire(self, session: Session) -> None:
         self._local.stack.append(session)
         with self._lock:
             self.sessions.append(session)
-            if session.eager:
-                self.eager_sessions += 1
             if len(self.sessions) == 1:
                 intercept.install(self)
-                if not _extras:
-                    _patch_extras()
+                if not self._patches:
+                    _patch_entry_points(self._patches)
 
-    def release(self, session: "DetectSession") -> None:
-        stack = self._local.stack
-        for i in range(len(stack) - 1, -1, -1):
-            if stack[i] is session:
-                del stack[i]
-                break
+    def release(self, session: Session) -> None:
+        _remove_last(self._local.stack, session)
         with self._lock:
-            for i in range(len(self.sessions) - 1, -1, -1):
-                if self.sessions[i] is session:
-                    del self.sessions[i]
-                    break
-            if session.eager:
-                self.eager_sessions -= 1
+            _remove_last(self.sessions, session)
             if not self.sessions:
-                # Patches stay, inactive (see intercept's docstring); the extras below
-                # pass through when no session is active.
+                # Patches stay, inactive (see intercept's docstring); the entry-point
+                # patches pass through when no session is active.
                 intercept.deactivate()
                 self.registry.sweep()
 
-    def innermost(self) -> Optional["DetectSession"]:
+    def innermost(self) -> Optional[Session]:
         """This thread's innermost active session."""
         stack = self._local.stack
         return stack[-1] if stack else None
 
-    # -- writes -------------------------------------------------------------------
+    # -- writes (called by the interception wrappers) --------------------------------
     def before_write(self, op: str, tensors: Iterable[torch.Tensor], whole: bool) -> Any:
-        """Called just before an intercepted write executes. Returns a token for
-        `after_write` / `write_failed`: the records touched and the copies made."""
+        """Called just before an intercepted write executes: records the write on every
+        live saved record sharing a written storage and tells their watchers. Returns a
+        token for `after_write` / `write_failed`."""
         registry = self.registry
         if not registry.maybe_live():
             return None
         touched: list[SavedRecord] = []
-        copied: list = []  # (record, bytes counted) for the copies made
+        told: list[tuple[Session, Any]] = []
         write: Optional[WriteRecord] = None
         for t in tensors:
             key = storage_key(t)
@@ -99,11 +90,11 @@ class Runtime:
             start, end = byte_range(t)
             if write is None:
                 stack, entry = sites.capture(3, records[0].owner.max_stack)
-                write = WriteRecord(op, stack, entry, None, start, end, whole)
             else:
-                write = WriteRecord(op, write.stack, write.entry, None, start, end, whole)
-            to_copy: list[SavedRecord] = []
-            intercept.state.busy = True
+                stack, entry = write.stack, write.entry
+            write = WriteRecord(op, stack, entry, None, start, end, whole)
+            watched: dict[int, tuple[Session, list[SavedRecord]]] = {}
+            intercept.state.busy = True  # our own bookkeeping writes nothing to intercept
             try:
                 for rec in records:
                     # A metadata write (`.data =`, `set_`) swaps what `t` points at; only a
@@ -113,38 +104,33 @@ class Runtime:
                         rec.writes = []
                     rec.writes.append((write, hit))
                     touched.append(rec)
-                    if rec.protector is not None:
-                        if rec.tensor._version != rec.expected:
-                            rec.tainted = True  # changed by a write we did not see
-                        elif hit and rec.preserved is None:
-                            to_copy.append(rec)
-                if to_copy:
-                    copied.extend(_copy_before_write(to_copy, write))
+                    watcher = rec.watcher
+                    if watcher is not None:
+                        group = watched.get(id(watcher))
+                        if group is None:
+                            watched[id(watcher)] = (watcher, [rec])
+                        else:
+                            group[1].append(rec)
+                for watcher, recs in watched.values():
+                    told.append((watcher, watcher.before_writes(write, recs)))
             finally:
                 intercept.state.busy = False
-            if self.eager_sessions:
-                for rec in records:
-                    if (rec.owner.eager and rec.protector is None and rec.writes
-                            and rec.writes[-1][1]):
-                        rec.owner.confirm(rec, pending=rec.writes[-1][0])
-        return (touched, copied) if touched else None
+        return (touched, told) if touched else None
 
     def after_write(self, token: Any) -> None:
-        """The write happened: the versions it produced are accounted for."""
-        for rec in token[0]:
-            if rec.protector is not None and not rec.tainted:
-                rec.expected = rec.tensor._version
+        """The write happened."""
+        for watcher, inner in token[1]:
+            watcher.after_writes(inner)
 
     def write_failed(self, token: Any, op: str, exc: Optional[BaseException], args: tuple) -> None:
         """The write did not happen (it raised): forget it, and explain PyTorch's error."""
         if token:
-            touched, copied = token
+            touched, told = token
             for rec in touched:
                 if rec.writes:
                     rec.writes.pop()
-            for rec, nbytes in copied:
-                rec.preserved = None
-                rec.protector.account_copy(rec, None, -nbytes)
+            for watcher, inner in told:
+                watcher.writes_failed(inner)
         if exc is None:
             return
         message = str(exc)
@@ -152,82 +138,48 @@ class Runtime:
             if needle in message:
                 session = self.innermost()
                 if session is not None:
-                    session.explain_write_error(kind, op, exc, args)
+                    session.on_write_error(kind, op, exc, args)
                 return
 
 
-def _copy_before_write(records: list[SavedRecord], write: WriteRecord) -> list:
-    """Copy-on-write: keep the bytes ``records`` saved, before ``write`` overwrites them.
-    Returns (record, bytes counted) for each. Records of the same view share a copy, and a
-    view lying inside an already copied contiguous saved tensor (a saved base and a view of
-    it) is served from that copy, so the largest views are copied first."""
-    done = []
-    bases: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []  # start, end, src, copy
-    same: dict[tuple, torch.Tensor] = {}  # exact view -> its copy
-    ranged = sorted(((byte_range(r.tensor), r) for r in records),
-                    key=lambda item: item[0][0] - item[0][1])
-    with torch.no_grad():
-        for (start, end), rec in ranged:
-            t = rec.tensor
-            view = (t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
-            copy = same.get(view)
-            if copy is None:
-                copy = _view_of_copied_base(bases, t, start, end)
-            nbytes = 0
-            if copy is None:
-                copy = same[view] = t.clone()
-                nbytes = copy.nbytes
-                if t.is_contiguous():
-                    bases.append((start, end, t, copy))
-            rec.preserved = copy
-            rec.protector.account_copy(rec, write, nbytes)
-            done.append((rec, nbytes))
-    return done
-
-
-def _view_of_copied_base(bases: list, t: torch.Tensor, start: int, end: int
-                         ) -> Optional[torch.Tensor]:
-    for b_start, b_end, src, copy in bases:
-        if b_start <= start and end <= b_end and src.dtype == t.dtype:
-            # `copy` is a contiguous clone of `src`: the same element offsets apply.
-            return copy.as_strided(t.shape, t.stride(), t.storage_offset() - src.storage_offset())
-    return None
+def _remove_last(items: list, item: Any) -> None:
+    for i in range(len(items) - 1, -1, -1):
+        if items[i] is item:
+            del items[i]
+            return
 
 
 runtime = Runtime()
 
 
-# -- autograd.Function ctx attributes, other saved-tensor hooks --------------
-_extras: list[tuple[Any, str, Any]] = []
-
-
-def _patch_extras() -> None:
+# -- autograd.Function.apply and saved_tensors_hooks.__enter__ ---------------------------
+def _patch_entry_points(patches: patching.Patches) -> None:
     from torch.autograd import function as autograd_function
     from torch.autograd import graph
 
-    orig_apply = autograd_function.Function.__dict__["apply"]
+    is_compiling = intercept._is_compiling
 
-    def apply(cls, *args, **kwargs):  # type: ignore[no-untyped-def]
-        out = orig_apply.__func__(cls, *args, **kwargs)
-        session = runtime.innermost()
-        if session is not None and torch.is_grad_enabled():
-            session.track_ctx(cls, out)
+    def on_apply(call: Any, cls: Any, args: tuple, kwargs: dict) -> Any:
+        out = call(*args, **kwargs)
+        if not is_compiling():
+            session = runtime.innermost()
+            if session is not None and torch.is_grad_enabled():
+                session.on_function_applied(cls, out)
         return out
 
-    orig_enter = graph.saved_tensors_hooks.__enter__
-
-    def hooks_enter(self):  # type: ignore[no-untyped-def]
+    def on_hooks_enter(call: Any, hooks: Any, args: tuple, kwargs: dict) -> Any:
         session = runtime.innermost()
-        if session is not None:
-            session.note_foreign_hooks(self)
-        return orig_enter(self)
+        if session is not None and not isinstance(hooks, GradguardHooks):
+            frame = sites.innermost_user_frame(3)
+            where = f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame else "<unknown>"
+            session.on_foreign_hooks(hooks, where)
+        return call(*args, **kwargs)
 
-    for owner, name, value in (
-        (autograd_function.Function, "apply", classmethod(apply)),
-        (graph.saved_tensors_hooks, "__enter__", hooks_enter),
+    for owner, name, hook in (
+        (autograd_function.Function, "apply", on_apply),
+        (graph.saved_tensors_hooks, "__enter__", on_hooks_enter),
     ):
-        _extras.append((owner, name, owner.__dict__[name]))
-        setattr(owner, name, value)
+        patches.replace(owner, name, patching.around(owner, name, hook))
 
 
 def unpatch_all() -> None:
@@ -236,21 +188,16 @@ def unpatch_all() -> None:
         if runtime.sessions:
             raise RuntimeError("gradguard sessions are still active")
         intercept.uninstall()
-        _unpatch_extras()
+        runtime._patches.restore()
 
 
-def _unpatch_extras() -> None:
-    while _extras:
-        owner, name, orig = _extras.pop()
-        setattr(owner, name, orig)
-
-
-def new_record(t: torch.Tensor, owner: Any, kind: str, label: Optional[str], skip: int) -> SavedRecord:
-    """Register ``t`` as saved: for the ctx-attribute and checkpoint-input paths."""
+def new_record(t: torch.Tensor, owner: Session, watcher: Optional[Session], kind: str,
+               label: Optional[str], skip: int) -> SavedRecord:
+    """Register ``t`` as saved outside the pack hook: ctx attributes, checkpoint inputs."""
     stack, _ = sites.capture(skip=skip)
     rec = SavedRecord(t if t.is_leaf else t.detach(), t._version, None, owner, stack,
                       kind, label)
     rec.producer = type(t.grad_fn) if t.grad_fn is not None else None
-    rec.protector = getattr(owner, "protector", None)
+    rec.watcher = watcher
     runtime.registry.add(rec)
     return rec

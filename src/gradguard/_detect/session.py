@@ -8,28 +8,31 @@ confirms a conflict if the tensor's version moved or a recorded write overlapped
 bytes, and names that write. Installing saved-tensor hooks turns off PyTorch's own
 version check, so the unpack hook always re-checks versions itself: a program stock
 PyTorch rejects is still rejected, with a better message.
+
+`confirm` only gathers facts (`gradguard._findings.kinds.Facts`); the words of a report
+-- its detail and fix sentences -- come from the kind's catalogue entry.
 """
 from __future__ import annotations
 
-import functools
 import os
-import re
 import threading
 import warnings
 import weakref
 import zlib
-from typing import Any, Callable, Literal, Optional, TypeVar, overload
+from typing import Any, Callable, Literal, Optional, Sequence, TypeVar, overload
 
 import torch
-import torch.utils.checkpoint
 
-from gradguard._core import fixes, sites
+from gradguard._core import sites
 from gradguard._core.names import module_path
-from gradguard._core.registry import SavedRecord, byte_range
+from gradguard._core.registry import SavedRecord, WriteRecord, byte_range
 from gradguard._core.runtime import new_record, runtime
+from gradguard._core.session import Session
+from gradguard._detect.graph import capture as capture_graph
+from gradguard._findings.kinds import Facts, kind as catalogue_kind
 from gradguard._findings.model import Conflict, Mutation, SavedBy, TensorInfo
-from gradguard._explain.picture import capture as capture_graph
-from gradguard.errors import InplaceConflictError
+from gradguard._findings.nodes import forward_op
+from gradguard.errors import InplaceConflictError, InplaceConflictWarning
 
 OnConflict = Literal["raise", "warn", "record"]
 When = Literal["backward", "write"]
@@ -45,27 +48,6 @@ _KIND_OF_RECORD = {
 }
 
 
-class InplaceConflictWarning(UserWarning):
-    """Issued for each conflict in ``on_conflict="warn"`` mode."""
-
-
-class _GradguardHooks(torch.autograd.graph.saved_tensors_hooks):
-    """Our saved-tensor hooks; a subclass so foreign hooks can be told apart."""
-
-
-def _forward_op(node_name: Optional[str]) -> Optional[str]:
-    """``SigmoidBackward0`` -> ``sigmoid``; ``MyFnBackward`` (custom Function) -> ``MyFn``."""
-    if not node_name:
-        return None
-    m = re.match(r"^(.*?)Backward(\d+)?$", node_name)
-    if not m:
-        return node_name
-    base = m.group(1)
-    if m.group(2) is None:  # custom autograd.Function: keep the class name
-        return base
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", base).lower()
-
-
 def _fingerprint(t: torch.Tensor) -> int:
     """CRC32 of the tensor's bytes, to catch writes that bypass PyTorch (NumPy views)."""
     with torch.no_grad():
@@ -78,13 +60,16 @@ def _fingerprint(t: torch.Tensor) -> int:
         return zlib.crc32(flat.view(torch.uint8).numpy())
 
 
-class DetectSession:
+class DetectSession(Session):
     """A running sanitizer: use as a context manager or a decorator.
 
     Attributes:
         conflicts: the confirmed `Conflict`s, deduplicated by write site and save site.
         coverage_gaps: places gradguard could not check (foreign saved-tensor hooks).
+        listeners: callables called with each newly recorded conflict, as it is found.
     """
+
+    repairs = False  # copy-on-write; True for `gradguard.protect()` sessions
 
     def __init__(self, on_conflict: OnConflict = "raise", when: When = "backward",
                  checksum: bool = False, max_stack: int = sites.MAX_STACK) -> None:
@@ -94,6 +79,7 @@ class DetectSession:
             raise ValueError(f"when must be 'backward' or 'write', not {when!r}")
         if not isinstance(max_stack, int) or max_stack < 1:
             raise ValueError(f"max_stack must be a positive int, not {max_stack!r}")
+        super().__init__()
         self.on_conflict = on_conflict
         self.eager = when == "write"
         self.checksum = checksum
@@ -101,44 +87,27 @@ class DetectSession:
         self._save_stack = min(max_stack, sites.SAVE_STACK)
         self.conflicts: list[Conflict] = []
         self.coverage_gaps: list[str] = []
+        self.listeners: list[Callable[[Conflict], None]] = []
         self._seen: set = set()
         self._lock = threading.Lock()
-        self._hooks: list[_GradguardHooks] = []
-        self._parent: Optional[DetectSession] = None
-        # The protect session that repairs what this session saves (itself, for protect()).
-        self.protector: Any = None
+        # While active: the protect session that repairs what this session saves (itself,
+        # for protect()), and the session told of writes to what it saves (see on_enter).
+        self.protector: Optional[DetectSession] = None
+        self._watcher: Optional[Session] = None
         self._repairs_seen: set = set()
 
-    repairs = False  # copy-on-write; True for `gradguard.protect()` sessions
-
-    # -- context manager / decorator ----------------------------------------------
-    def __enter__(self) -> "DetectSession":
-        outer = runtime.innermost()
-        if outer is not None and outer is not self:
-            self._parent = outer
-        elif outer is None:
+    # -- lifecycle --------------------------------------------------------------------
+    def on_enter(self) -> None:
+        parent = self.parent
+        if parent is None:
             self._note_existing_hooks()
-        parent = self._parent
-        self.protector = self if self.repairs else (parent.protector if parent else None)
-        runtime.acquire(self)
-        hooks = _GradguardHooks(self._pack, self._unpack)
-        hooks.__enter__()
-        self._hooks.append(hooks)
-        return self
+        self.protector = self if self.repairs else getattr(parent, "protector", None)
+        # Copy-on-write must see every write first; else only `when="write"` needs them.
+        self._watcher = self.protector or (self if self.eager else None)
 
-    def __exit__(self, *exc_info: Any) -> None:
-        hooks = self._hooks.pop()
-        hooks.__exit__(*exc_info)
-        runtime.release(self)
-
-    def __call__(self, func: F) -> F:
-        @functools.wraps(func)
-        def guarded(*args: Any, **kwargs: Any) -> Any:
-            with self:
-                return func(*args, **kwargs)
-
-        guarded.gradguard_session = self  # type: ignore[attr-defined]
-        return guarded  # type: ignore[return-value]
+    def on_exit(self) -> None:
+        self.protector = None
+        self._watcher = None
 
     # -- reporting ------------------------------------------------------------------
     def report(self, color: bool = False) -> str:
@@ -147,18 +116,20 @@ class DetectSession:
 
         return render_text(self.conflicts, self.coverage_gaps, color=color)
 
-    def to_dict(self) -> dict[str, Any]:
-        from gradguard._explain.text import to_dict
+    def to_dict(self, run: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+        """The JSON-ready report (schema: `gradguard._findings.schema`); ``run``: the
+        block `gradguard run` adds (target, exit code, rank)."""
+        from gradguard._findings.schema import report_to_dict
 
-        return to_dict(self.conflicts, self.coverage_gaps)
+        return report_to_dict(self.conflicts, self.coverage_gaps, run=run)
 
     def trailer_lines(self) -> list[str]:
         """Lines `gradguard run` prints after the conflicts (protect: what was copied)."""
         return []
 
     def draw(self, path: Any, engine: str = "auto") -> Any:
-        """Write an SVG of the autograd graph around each conflict to ``path`` (see
-        `gradguard._explain.picture.draw`: Graphviz ``dot`` when present, else a built-in layout)."""
+        """Write an SVG of the autograd graph around each conflict to ``path`` (Graphviz
+        ``dot`` when present, else a built-in layout; ``.dot``/``.gv`` for the source)."""
         from gradguard._explain.picture import draw
 
         return draw(self.conflicts, path, engine=engine)
@@ -168,7 +139,7 @@ class DetectSession:
                 f"conflicts={len(self.conflicts)}>")
 
     # -- saved-tensor hooks ------------------------------------------------------------
-    def _pack(self, t: torch.Tensor) -> Any:
+    def pack(self, t: torch.Tensor) -> Any:
         stack, entry = sites.capture(2, self._save_stack)  # entry: torch code that saved
         # Leaves are held as themselves (as PyTorch does); other tensors detached, since an
         # output saved by its own node would otherwise form an uncollectable cycle.
@@ -182,13 +153,13 @@ class DetectSession:
         rec.inner = entry
         rec.producer = type(grad_fn)
         rec.fresh = grad_fn is not None and not t._is_view()
-        rec.protector = self.protector
+        rec.watcher = self._watcher
         runtime.registry.add(rec)
         if self.checksum:
             rec.checksum = _fingerprint(t)
         return rec
 
-    def _unpack(self, rec: Any) -> torch.Tensor:
+    def unpack(self, rec: Any) -> torch.Tensor:
         if not isinstance(rec, SavedRecord):
             return rec
         t = rec.tensor
@@ -197,14 +168,13 @@ class DetectSession:
         return t
 
     def _check(self, rec: SavedRecord, t: torch.Tensor) -> torch.Tensor:
-        if rec.protector is not None and not rec.tainted and t._version == rec.expected:
-            # Every change since the save was a write we intercepted, and the ones that
-            # overlapped the saved bytes were preceded by a copy: backward gets those bytes.
-            if rec.preserved is not None:
-                self._repaired(rec)
-                return rec.preserved
-            if not any(hit for _, hit in rec.writes or ()):
-                return t  # only writes elsewhere in the storage: the saved bytes are intact
+        watcher = rec.watcher
+        if watcher is not None:
+            kept = watcher.kept_tensor(rec)
+            if kept is not None:
+                if kept is not t:  # copy-on-write kept the saved bytes: backward gets them
+                    self._repaired(rec)
+                return kept
         moved = t._version != rec.version
         hits = [w for w, hit in rec.writes or () if hit]
         if moved or hits:
@@ -223,10 +193,19 @@ class DetectSession:
             self._repairs_seen.add(key)
         self.confirm(rec, repaired=True)
 
+    # -- writes (when="write") ----------------------------------------------------------
+    def before_writes(self, write: WriteRecord, records: Sequence[SavedRecord]) -> Any:
+        for rec in records:
+            if rec.writes and rec.writes[-1][1] and rec.owner is self:
+                self.confirm(rec, pending=write)
+        return None
+
     # -- confirming and delivering conflicts ---------------------------------------------
-    def confirm(self, rec: SavedRecord, *, pending: Any = None, outside: bool = False,
-                node_name: Optional[str] = None, repaired: bool = False) -> None:
-        """Build the conflict for ``rec``, deliver it, and raise/warn as configured."""
+    def confirm(self, rec: SavedRecord, *, pending: Optional[WriteRecord] = None,
+                outside: bool = False, node_name: Optional[str] = None,
+                repaired: bool = False) -> None:
+        """Gather the facts of the conflict on ``rec``, build it, deliver it, and raise or
+        warn as configured."""
         t = rec.tensor
         moved = t._version != rec.version
         node = torch._C._current_autograd_node() if pending is None else None
@@ -241,7 +220,7 @@ class DetectSession:
             rec.kind, rec.label = "checkpoint", "torch.utils.checkpoint"
         kind = "saved-tensor-mutated-outside-pytorch" if outside else _KIND_OF_RECORD[rec.kind]
 
-        saver_op = rec.label or _forward_op(node_name)
+        saver_op = rec.label or forward_op(node_name)
         saved = SavedBy(op=saver_op, node=node_name, stack=sites.resolve(rec.stack))
         name, is_param = (None, False) if rec.fresh else module_path(t)
         tensor = TensorInfo(
@@ -252,8 +231,8 @@ class DetectSession:
             is_parameter=is_param,
         )
         mutation = None
-        aliasing: dict[str, Any] = {}
         s_start, s_end = byte_range(t)
+        aliasing: dict[str, Any] = {"same_storage": None, "saved_bytes": [s_start, s_end]}
         if write is not None:
             # Saved bytes changed but the version did not: the write went through an
             # alias with its own version counter (`.data`), or a kernel that bumps none.
@@ -270,8 +249,6 @@ class DetectSession:
                 "saved_bytes": [s_start, s_end],
                 "whole_tensor_write": write.whole,
             }
-        else:
-            aliasing = {"same_storage": None, "saved_bytes": [s_start, s_end]}
         overlap = None if outside or write is None else bool(hits)
 
         backward_src = None
@@ -279,59 +256,19 @@ class DetectSession:
             frame = sites.innermost_user_frame(2)
             if frame is not None:
                 backward_src = sites.resolve(((frame.f_code, frame.f_lasti),))[0].source
-        if outside:
-            fix = ("find the code that writes this tensor's memory outside PyTorch (a NumPy "
-                   "view from `.numpy()`, a DLPack or buffer alias) and give it a copy "
-                   "(`t.detach().numpy().copy()`, or clone the tensor first)")
-        elif kind == "checkpoint-input-mutated":
-            fix = ("do not modify inputs of a checkpointed region before its backward: "
-                   "clone the input before writing, or write it after `backward()`")
-        elif mutation is not None:
-            fix = fixes.for_write(
-                mutation.op, mutation.site, via_optimizer=mutation.via == "torch.optim",
-                alias=mutation.alias, backward_source=backward_src, saver_op=saver_op,
-            )
-            if kind == "ctx-attribute-mutated":
-                fix += ("; and in the Function, keep tensors with `ctx.save_for_backward(...)` "
-                        "so PyTorch checks them")
-        else:
-            fix = ("the write was not intercepted (it ran inside C++ code or a compiled "
-                   "region, or before gradguard started); run with "
-                   "`when=\"write\"` or bisect the writes to this tensor after its save site")
-
-        what = f"`{name}`" if name else tensor.short()
-        who = node_name or (rec.label or "backward")
-        if kind == "checkpoint-input-mutated":
-            detail = (f"{what} is an input of a checkpointed region; it was modified after the "
-                      "region's forward, so recomputation in backward silently used the new "
-                      "values")
-        elif kind == "ctx-attribute-mutated":
-            detail = (f"{rec.label} keeps {what} on ctx (not via save_for_backward, so PyTorch "
-                      "does not check it); it was modified before the backward ran")
-        elif outside:
-            detail = (f"{who} needs {what}, saved at version {rec.version}; its bytes changed "
-                      "without any PyTorch write (written outside PyTorch)")
-        elif repaired:
-            detail = (f"{who} needs {what}, saved at version {rec.version}; a write overwrote "
-                      "its bytes, and gradguard.protect gave backward the copy it kept just "
-                      "before that write, so the gradient is as the program meant it")
-        elif pending is not None:
-            detail = (f"this write would overwrite {what}, saved for backward by "
-                      f"{saver_op or 'an earlier op'}; stopped before the write (when='write')")
-        else:
-            detail = f"{who} needs {what}, saved at version {rec.version}; "
-            if moved:
-                detail += f"it is now at version {t._version}"
-            else:
-                why = ("the write went through `.data`, which has its own version counter"
-                       if mutation is not None and mutation.alias == ".data" else
-                       "the write went through an alias with its own version counter, or a "
-                       "kernel that bumps none")
-                detail += (f"its version did not move ({why}), so PyTorch would not notice "
-                           "and the gradient is silently wrong")
+        facts = Facts(
+            kind=kind, what=f"`{name}`" if name else tensor.short(), node=node_name,
+            saver_op=saver_op, label=rec.label, version_saved=rec.version,
+            version_now=t._version, write_op=mutation.op if mutation else None,
+            write_source=(mutation.site.source if mutation and mutation.site else None),
+            alias=mutation.alias if mutation else None,
+            via_optimizer=bool(mutation and mutation.via == "torch.optim"),
+            backward_source=backward_src, repaired=repaired, pending=pending is not None,
+        )
+        entry = catalogue_kind(kind)
         conflict = Conflict(kind=kind, write=mutation, saved=saved, tensor=tensor,
-                            overlap=overlap, aliasing=aliasing, fix=fix, detail=detail,
-                            repaired=repaired)
+                            overlap=overlap, aliasing=aliasing, fix=entry.fix(facts),
+                            detail=entry.detail(facts), repaired=repaired)
         # The picture's neighbourhood, as names only (no tensors, no nodes kept).
         conflict.graph = capture_graph(node, rec, conflict)
         # A moved version is what stock PyTorch rejects (it checks everything saved, but
@@ -350,15 +287,19 @@ class DetectSession:
         )
 
     def _record(self, conflict: Conflict) -> None:
-        """Add to this session and every enclosing one, once per write and save site."""
+        """Add to this session and every enclosing active one, once per write and save
+        site; tell each session's listeners of a conflict new to it."""
         key = conflict.dedup_key()
-        session: Optional[DetectSession] = self
-        while session is not None:
+        for session in self.enclosing():
+            if not isinstance(session, DetectSession):
+                continue
             with session._lock:
-                if key not in session._seen:
-                    session._seen.add(key)
-                    session.conflicts.append(conflict)
-            session = session._parent
+                if key in session._seen:
+                    continue
+                session._seen.add(key)
+                session.conflicts.append(conflict)
+            for listener in list(session.listeners):
+                listener(conflict)
 
     def _deliver(self, conflict: Conflict, *, fatal: bool = False,
                  stock_line: Optional[str] = None) -> None:
@@ -380,25 +321,23 @@ class DetectSession:
                 warnings.warn_explicit(message, InplaceConflictWarning, site.file, site.line)
 
     # -- PyTorch's own in-place errors, explained ----------------------------------------
-    def explain_write_error(self, kind: str, op: str, exc: BaseException, args: tuple) -> None:
+    def on_write_error(self, kind: str, op: str, exc: BaseException, args: tuple) -> None:
         stack, _ = sites.capture(3, self.max_stack)
         mutation = Mutation(op=op, stack=sites.resolve(stack))
         t = args[0] if args and isinstance(args[0], torch.Tensor) else None
         tensor = None
+        name = None
         if t is not None:
             name, is_param = module_path(t)
             tensor = TensorInfo(dtype=str(t.dtype), shape=tuple(t.shape), device=str(t.device),
                                 name=name, is_parameter=is_param)
-        if kind in ("leaf-inplace", "leaf-view-inplace"):
-            specific = fixes.for_write(op, mutation.site, via_optimizer=False, alias=None,
-                                       backward_source=None, saver_op=None)
-            fix = f"{specific}; {fixes.LEAF_FIX}"
-        elif kind == "multi-output-view-inplace":
-            fix = fixes.MULTI_VIEW_FIX
-        else:
-            fix = fixes.INFERENCE_FIX
-        conflict = Conflict(kind=kind, write=mutation, tensor=tensor, fix=fix,
-                            detail=str(exc).splitlines()[0])
+        facts = Facts(kind=kind, what=f"`{name}`" if name else (tensor.short() if tensor else ""),
+                      write_op=op,
+                      write_source=mutation.site.source if mutation.site else None,
+                      pytorch_error=str(exc).splitlines()[0])
+        entry = catalogue_kind(kind)
+        conflict = Conflict(kind=kind, write=mutation, tensor=tensor, fix=entry.fix(facts),
+                            detail=entry.detail(facts))
         self._record(conflict)
         from gradguard._explain.text import render_text
 
@@ -406,7 +345,7 @@ class DetectSession:
             exc.add_note("\n" + render_text([conflict], ()))
 
     # -- coverage beyond save_for_backward --------------------------------------------------
-    def track_ctx(self, cls: type, out: Any) -> None:
+    def on_function_applied(self, cls: type, out: Any) -> None:
         """Register tensors a custom autograd.Function stored as ctx attributes."""
         outs = out if isinstance(out, (tuple, list)) else (out,)
         node = None
@@ -425,8 +364,9 @@ class DetectSession:
                              if isinstance(v, torch.Tensor))
         if not found:
             return
-        tracked = [(new_record(v, self, "ctx", f"{cls.__name__}.forward (ctx.{attr})", skip=4),
-                    attr, i) for attr, i, v in found if not v.is_inference()]
+        tracked = [(new_record(v, self, self._watcher, "ctx",
+                               f"{cls.__name__}.forward (ctx.{attr})", skip=4), attr, i)
+                   for attr, i, v in found if not v.is_inference()]
         node.__dict__["_gradguard_ctx_records"] = [rec for rec, _, _ in tracked]
         node_name = type(node).__name__
         node_ref = weakref.ref(node)  # the hook lives on the node: no cycle through C++
@@ -434,20 +374,19 @@ class DetectSession:
         def check_ctx(grad_outputs: Any) -> None:
             for rec, attr, i in tracked:
                 t = rec.tensor
-                if (rec.preserved is not None and not rec.tainted
-                        and t._version == rec.expected):
-                    _put_back(node_ref(), attr, i, rec.preserved)  # protect(): the kept copy
-                    rec.owner._repaired(rec)
+                kept = rec.watcher.kept_tensor(rec) if rec.watcher is not None else None
+                if kept is not None:
+                    if kept is not t:
+                        _put_back(node_ref(), attr, i, kept)  # protect(): the kept copy
+                        rec.owner._repaired(rec)
                 elif t._version != rec.version or any(hit for _, hit in rec.writes or ()):
                     rec.owner.confirm(rec, node_name=node_name)
 
         node.register_prehook(check_ctx)
 
-    def note_foreign_hooks(self, hooks: Any) -> None:
-        if isinstance(hooks, _GradguardHooks) or type(hooks).__name__ in _CHECKPOINT_HOOKS:
+    def on_foreign_hooks(self, hooks: Any, where: str) -> None:
+        if type(hooks).__name__ in _CHECKPOINT_HOOKS:
             return
-        frame = sites.innermost_user_frame(3)
-        where = f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame else "<unknown>"
         self._gap(f"saved tensors packed under {type(hooks).__name__} (entered at {where}) are "
                   "not checked: those hooks replace gradguard's while active"
                   + ("; save_on_cpu copies CUDA tensors at save time, but keeps CPU tensors "
@@ -502,3 +441,6 @@ def detect(func: Optional[Callable] = None, *, on_conflict: OnConflict = "raise"
     if func is not None:
         return session(func)
     return session
+
+
+DetectSession.__module__ = detect.__module__ = "gradguard"

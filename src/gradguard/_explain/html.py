@@ -115,3 +115,6 @@ def write_html(source: Any, path: Any, title: str = "gradguard report") -> Path:
     out = Path(path)
     out.write_text(render_html(conflicts, gaps, title=title), encoding="utf-8")
     return out
+
+
+write_html.__module__ = "gradguard"

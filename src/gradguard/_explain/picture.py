@@ -24,18 +24,15 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 from xml.sax.saxutils import escape
 
-import torch
-
 from gradguard._findings.model import Conflict, Frame, TensorInfo
 
 MAX_NEIGHBOURS = 6  # per group (inputs, consumers, readers); the rest become "... N more"
-MAX_VISIT = 200_000  # autograd nodes walked to find consumers (only on a conflict)
-_HIGHLIGHT = ("saver", "tensor", "write")
+
+HIGHLIGHT = ("saver", "tensor", "write")
 
 # role -> (fill, stroke, stroke width)
 _NODE_STYLE = {
@@ -55,11 +52,10 @@ _DEFAULT_EDGE = ("#757575", 1.2, False)
 
 
 # -- capture (inside backward, on a confirmed conflict) -------------------------------------
-class _Builder:
+class GraphBuilder:
     def __init__(self) -> None:
         self.nodes: list[dict[str, Any]] = []
         self.edges: list[dict[str, Any]] = []
-        self._ids: dict[int, str] = {}  # id(autograd node) -> our id, during capture only
 
     def add(self, label: str, detail: Sequence[str], role: str) -> str:
         nid = f"n{len(self.nodes)}"
@@ -67,28 +63,11 @@ class _Builder:
                            "role": role})
         return nid
 
-    def autograd(self, fn: Any, role: str, detail: Sequence[str] = (),
-                 leaf_name: Optional[str] = None) -> str:
-        nid = self._ids.get(id(fn))
-        if nid is None:
-            label, extra = _describe_fn(fn, leaf_name)
-            nid = self._ids[id(fn)] = self.add(label, [*extra, *detail],
-                                                "leaf" if label == "AccumulateGrad" and
-                                                role not in _HIGHLIGHT else role)
-        return nid
-
     def edge(self, src: str, dst: str, label: str = "", role: str = "data",
              back: bool = False) -> None:
         if any(e["src"] == src and e["dst"] == dst for e in self.edges):
             return
         self.edges.append({"src": src, "dst": dst, "label": label, "role": role, "back": back})
-
-    def group(self, fns: Sequence[Any], role: str, link) -> None:  # type: ignore[no-untyped-def]
-        """Add up to MAX_NEIGHBOURS autograd nodes, each linked by ``link(id)``."""
-        for fn in fns[:MAX_NEIGHBOURS]:
-            link(self.autograd(fn, role))
-        if len(fns) > MAX_NEIGHBOURS:
-            link(self.add(f"... {len(fns) - MAX_NEIGHBOURS} more", (), "more"))
 
     def graph(self) -> dict[str, Any]:
         return {"nodes": self.nodes, "edges": self.edges}
@@ -103,24 +82,7 @@ def _short_source(frame: Optional[Frame], width: int = 48) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def _describe_fn(fn: Any, leaf_name: Optional[str] = None) -> tuple[str, list[str]]:
-    """Label and detail lines of an autograd node: ``MulBackward0`` / ``mul``; a leaf's
-    AccumulateGrad is described (``leaf f32[4]``), and named when it is the conflict's own
-    tensor (naming others would cost a scan of every live module each)."""
-    from gradguard._detect.session import _forward_op
-
-    name = fn.name()
-    if name.endswith("AccumulateGrad"):
-        var = getattr(fn, "variable", None)
-        if var is None:
-            return "AccumulateGrad", ["leaf"]
-        info = TensorInfo(dtype=str(var.dtype), shape=tuple(var.shape), device=str(var.device))
-        return "AccumulateGrad", [leaf_name or "leaf", info.short()]
-    op = _forward_op(name)
-    return name, [f"forward: {op}"] if op and op != name else []
-
-
-def _tensor_node(b: _Builder, c: Conflict) -> str:
+def tensor_node(b: GraphBuilder, c: Conflict) -> str:
     t = c.tensor
     if t is None:
         return b.add("tensor", (), "tensor")
@@ -133,7 +95,7 @@ def _tensor_node(b: _Builder, c: Conflict) -> str:
     return b.add(t.name or "saved tensor", [t.short(), versions], "tensor")
 
 
-def _write_node(b: _Builder, c: Conflict, target: str) -> None:
+def write_node(b: GraphBuilder, c: Conflict, target: str) -> None:
     w = c.write
     if w is None:
         return
@@ -143,7 +105,7 @@ def _write_node(b: _Builder, c: Conflict, target: str) -> None:
     b.edge(wid, target, "in-place write", role="write")
 
 
-def _saver_detail(c: Conflict) -> list[str]:
+def saver_detail(c: Conflict) -> list[str]:
     s = c.saved
     if s is None:
         return []
@@ -153,126 +115,14 @@ def _saver_detail(c: Conflict) -> list[str]:
 def minimal_graph(c: Conflict) -> dict[str, Any]:
     """The picture made from the conflict's own fields (no autograd neighbourhood): used
     when none was captured (``when="write"``, PyTorch's own errors at the write)."""
-    b = _Builder()
-    tid = _tensor_node(b, c)
-    _write_node(b, c, tid)
+    b = GraphBuilder()
+    tid = tensor_node(b, c)
+    write_node(b, c, tid)
     if c.tensor is not None and c.tensor.produced_by:
         b.edge(b.add(c.tensor.produced_by, (), "producer"), tid)
     if c.saved is not None:
-        sid = b.add(c.saved.node or c.saved.op or "saving op", _saver_detail(c), "saver")
+        sid = b.add(c.saved.node or c.saved.op or "saving op", saver_detail(c), "saver")
         b.edge(tid, sid, "saved for backward", role="saved")
-    return b.graph()
-
-
-def _backward_roots() -> list[Any]:
-    """Root nodes of the running backward, read from torch's ``_engine_run_backward``
-    frame: this thread's (CPU) or the thread waiting in backward (GPU device threads)."""
-    roots = _roots_on(sys._getframe(1))
-    if roots is None:
-        me = threading.get_ident()
-        # Never this thread's frames from here: a list holding our own frame would be a
-        # reference cycle keeping the graph alive until the next gc run.
-        for ident, frame in sys._current_frames().items():
-            if ident != me:
-                roots = _roots_on(frame)
-                if roots is not None:
-                    break
-    return roots or []
-
-
-def _roots_on(frame: Any) -> Optional[list[Any]]:
-    while frame is not None:
-        code = frame.f_code
-        if code.co_name == "_engine_run_backward" and "autograd" in code.co_filename:
-            outputs = frame.f_locals.get("t_outputs") or ()
-            nodes = [getattr(out, "grad_fn", None) if isinstance(out, torch.Tensor)
-                     else getattr(out, "node", None) for out in outputs]
-            return [n for n in nodes if n is not None]
-        frame = frame.f_back
-    return None
-
-
-def _parents(roots: Iterable[Any], targets: Sequence[Any]) -> dict[int, list[Any]]:
-    """For each target node, the nodes whose inputs include it (its forward consumers)."""
-    found: dict[int, list[Any]] = {id(t): [] for t in targets if t is not None}
-    seen: set[int] = set()
-    stack = [r for r in roots if r is not None]
-    while stack and len(seen) < MAX_VISIT:
-        fn = stack.pop()
-        if id(fn) in seen:
-            continue
-        seen.add(id(fn))
-        for child, _ in fn.next_functions:
-            if child is None:
-                continue
-            hits = found.get(id(child))
-            if hits is not None and not any(h is fn for h in hits):
-                hits.append(fn)
-            if id(child) not in seen:
-                stack.append(child)
-    return found
-
-
-def _producer(node: Any, rec: Any) -> tuple[Optional[Any], bool]:
-    """The node that produced the saved tensor, and whether it is ``node``'s own output."""
-    inputs = [fn for fn, _ in node.next_functions if fn is not None]
-    if rec.producer is None or rec.producer is type(None):  # a leaf: AccumulateGrad
-        for fn in inputs:
-            if getattr(fn, "variable", None) is rec.tensor:
-                return fn, False
-        return None, False
-    candidates = [(fn, nr) for fn, nr in node.next_functions
-                  if fn is not None and type(fn) is rec.producer]
-    # `_raw_saved_<name>` exists for each saved tensor and reads it without unpacking
-    # (reading `_saved_<name>` would run the unpack hook we are inside).
-    saved = [a[len("_raw_saved_"):] for a in dir(node) if a.startswith("_raw_saved_")]
-    output = type(node) is rec.producer and any(n.startswith("result") for n in saved)
-    if output and saved and all(n.startswith("result") for n in saved):
-        return node, True  # it saves only outputs (tanh, sigmoid, exp, softmax)
-    if candidates and output:  # same op chained (tanh(tanh(x))): tell them apart by shape
-        shape = list(rec.tensor.shape)
-        candidates = [(fn, nr) for fn, nr in candidates
-                      if list(fn._input_metadata[nr].shape) == shape]
-    if candidates:
-        return candidates[0][0], False
-    return (node, True) if output else (None, False)
-
-
-def capture(node: Any, rec: Any, conflict: Conflict) -> Optional[dict[str, Any]]:
-    """The graph around ``conflict`` (see the module docstring), or None if it cannot be
-    read. ``node`` is the backward node that needed ``rec``'s tensor (None outside
-    backward). Never raises: a picture must not break detection."""
-    if node is None:
-        return None
-    try:
-        return _capture(node, rec, conflict)
-    except Exception:  # noqa: BLE001 - diagnostic only; the conflict itself stands
-        return None
-
-
-def _capture(node: Any, rec: Any, c: Conflict) -> dict[str, Any]:
-    b = _Builder()
-    tid = _tensor_node(b, c)
-    _write_node(b, c, tid)
-    saver = b.autograd(node, "saver", _saver_detail(c))
-    producer, is_output = _producer(node, rec)
-    parents = _parents(_backward_roots(), [node, producer])
-    inputs = [fn for fn, _ in node.next_functions if fn is not None and fn is not producer]
-    if is_output:  # saver -> tensor -> its consumers; the saved edge points back up
-        b.group(inputs, "input", lambda n: b.edge(n, saver))
-        b.edge(saver, tid, "output")
-        b.edge(tid, saver, "saved for backward", role="saved", back=True)
-        b.group(parents.get(id(node), []), "consumer", lambda n: b.edge(tid, n))
-    else:  # producer -> tensor -> saver (with its other inputs) -> consumers
-        if producer is not None:
-            b.edge(b.autograd(producer, "producer",
-                              leaf_name=c.tensor.name if c.tensor else None), tid)
-        b.edge(tid, saver, "saved for backward", role="saved")
-        b.group(inputs, "input", lambda n: b.edge(n, saver))
-        b.group(parents.get(id(node), []), "consumer", lambda n: b.edge(saver, n))
-        if producer is not None:
-            readers = [p for p in parents.get(id(producer), []) if p is not node]
-            b.group(readers, "reader", lambda n: b.edge(tid, n))
     return b.graph()
 
 
@@ -360,7 +210,7 @@ def _node_svg(n: dict[str, Any], box: tuple[float, float, float, float], prefix:
     x, y, w, h = box
     fill, stroke, width = _NODE_STYLE.get(n["role"], _DEFAULT_NODE)
     rx = 16 if n["role"] == "tensor" else 4
-    cls = "node conflict" if n["role"] in _HIGHLIGHT else "node"
+    cls = "node conflict" if n["role"] in HIGHLIGHT else "node"
     tip = escape(" | ".join([n["label"], *n["detail"]]))
     out = [f'<g id="{prefix}-{n["id"]}" class="{cls}" data-role="{n["role"]}">',
            f"<title>{tip}</title>",

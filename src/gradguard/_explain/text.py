@@ -8,12 +8,10 @@ never printed; no addresses or timings appear, so reports are stable across runs
 """
 from __future__ import annotations
 
-import re
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 from gradguard._findings.model import Conflict, Frame
-
-SCHEMA_VERSION = 1
+from gradguard._findings.nodes import describe_node
 
 _RED, _BOLD, _DIM, _GREEN, _RESET = "\033[31m", "\033[1m", "\033[2m", "\033[32m", "\033[0m"
 
@@ -28,15 +26,6 @@ def _frames(stack: Sequence[Frame]) -> list[str]:
     if not stack:
         lines.append("    (no user frames)")
     return lines
-
-
-def _producer(node: str) -> str:
-    """``TanhBackward0`` -> ``tanh (TanhBackward0)``: the op first, the node for grep."""
-    match = re.match(r"^(.*?)Backward\d+$", node)
-    if not match:
-        return node
-    op = re.sub(r"(?<!^)(?=[A-Z])", "_", match.group(1)).lower()
-    return f"{op} ({node})"
 
 
 def render_conflict(c: Conflict, color: bool = False) -> str:
@@ -66,11 +55,11 @@ def render_conflict(c: Conflict, color: bool = False) -> str:
         desc = t.short()
         role = "parameter" if t.is_parameter else "tensor"
         if t.name and t.produced_by:  # a tensor on a named one's storage: a view of it
-            desc = f"{t.name} ({role}), saved as a view made by {_producer(t.produced_by)}: {desc}"
+            desc = f"{t.name} ({role}), saved as a view made by {describe_node(t.produced_by)}: {desc}"
         elif t.name:
             desc = f"{t.name} ({role}) {desc}"
         elif t.produced_by:
-            desc += f", produced by {_producer(t.produced_by)}"
+            desc += f", produced by {describe_node(t.produced_by)}"
         out.append("")
         out.append(f"{bold}TENSOR{reset} {desc}")
     if c.aliasing.get("written_bytes") is not None:
@@ -105,15 +94,3 @@ def render_run(conflicts: Sequence[Conflict], gaps: Sequence[str] = (), color: b
         clean = "gradguard: no in-place conflicts found"
         text = f"{clean}\n{text}" if text else clean
     return "\n".join(f"{prefix}{line}" if line else prefix.rstrip() for line in text.split("\n"))
-
-
-def to_dict(conflicts: Sequence[Conflict], gaps: Sequence[str] = ()) -> dict[str, Any]:
-    by_kind: dict[str, int] = {}
-    for c in conflicts:
-        by_kind[c.kind] = by_kind.get(c.kind, 0) + 1
-    return {
-        "version": SCHEMA_VERSION,
-        "conflicts": [c.to_dict() for c in conflicts],
-        "coverage_gaps": list(gaps),
-        "summary": {"conflicts": len(conflicts), "by_kind": by_kind},
-    }

@@ -5,45 +5,10 @@ descriptions (dtype, shape, versions, source lines).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
-# kind -> (code, one-line title). Codes are stable: tools and people grep for them.
-KINDS: dict[str, tuple[str, str]] = {
-    "saved-tensor-mutated": (
-        "GGR101",
-        "a tensor saved for backward was modified by an in-place write",
-    ),
-    "saved-tensor-mutated-outside-pytorch": (
-        "GGR102",
-        "a tensor saved for backward was modified outside PyTorch (e.g. through a NumPy view)",
-    ),
-    "ctx-attribute-mutated": (
-        "GGR103",
-        "a tensor a custom autograd.Function kept on ctx was modified before its backward",
-    ),
-    "checkpoint-input-mutated": (
-        "GGR104",
-        "an input of a checkpointed region was modified before the region was recomputed",
-    ),
-    "leaf-inplace": (
-        "GGR201",
-        "in-place write into a leaf tensor that requires grad",
-    ),
-    "leaf-view-inplace": (
-        "GGR202",
-        "in-place write into a view of a leaf tensor that requires grad",
-    ),
-    "multi-output-view-inplace": (
-        "GGR203",
-        "in-place write into an output of a view op that returns several views",
-    ),
-    "inference-tensor-inplace": (
-        "GGR204",
-        "in-place write into an inference tensor outside inference mode",
-    ),
-}
-
+from gradguard._findings.kinds import CATALOGUE
 
 @dataclass(frozen=True)
 class Frame:
@@ -136,11 +101,11 @@ class Conflict:
 
     @property
     def code(self) -> str:
-        return KINDS[self.kind][0]
+        return CATALOGUE[self.kind].code
 
     @property
     def title(self) -> str:
-        return KINDS[self.kind][1]
+        return CATALOGUE[self.kind].title
 
     def dedup_key(self) -> tuple:
         w = self.write.site if self.write else None
@@ -162,39 +127,11 @@ class Conflict:
         return f"{self.kind} {where} ({op})"
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (schema version 1, see README)."""
+        """JSON-ready form (see `gradguard._findings.schema`, the one writer and reader)."""
+        from gradguard._findings.schema import conflict_to_dict
 
-        def frames(stack: list[Frame]) -> list[dict[str, Any]]:
-            return [asdict(f) for f in stack]
+        return conflict_to_dict(self)
 
-        def site(stack: list[Frame]) -> dict[str, Any]:
-            top = stack[0] if stack else None
-            return {
-                "file": top.file if top else None,
-                "line": top.line if top else None,
-                "function": top.function if top else None,
-                "stack": frames(stack),
-            }
 
-        return {
-            "kind": self.kind,
-            "code": self.code,
-            "title": self.title,
-            "mutation": (
-                {"op": self.write.op, "via": self.write.via, "alias": self.write.alias,
-                 **site(self.write.stack)}
-                if self.write else None
-            ),
-            "saved": (
-                {"op": self.saved.op, "node": self.saved.node, **site(self.saved.stack)}
-                if self.saved else None
-            ),
-            "tensor": (
-                {**asdict(self.tensor), "shape": list(self.tensor.shape)} if self.tensor else None
-            ),
-            "overlap": self.overlap,
-            "aliasing": self.aliasing,
-            "fix": self.fix,
-            "detail": self.detail,
-            "repaired": self.repaired,
-        }
+for _public in (Frame, Mutation, SavedBy, TensorInfo, Conflict):
+    _public.__module__ = "gradguard"

@@ -15,14 +15,31 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, TypeVar, overload
+from typing import Any, Callable, Optional, Sequence, TypeVar, overload
 
-from gradguard._findings.model import Frame
+import torch
+
 from gradguard._core import sites
-from gradguard._core.registry import SavedRecord, WriteRecord
+from gradguard._core.registry import SavedRecord, WriteRecord, byte_range
 from gradguard._detect.session import DetectSession, OnConflict
+from gradguard._findings.model import Frame
+from gradguard._findings.schema import frame_to_dict, report_to_dict
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Kept:
+    """Copy-on-write's state for one saved record (in ``record.extra``): the version the
+    tensor should have if every write since the save was one we intercepted, whether a
+    write we did not see changed it (then there is nothing faithful to restore), and the
+    copy of the saved bytes taken just before the first write that overlapped them."""
+
+    __slots__ = ("expected", "tainted", "copy")
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.tainted = False
+        self.copy: Optional[torch.Tensor] = None
 
 
 @dataclass(frozen=True)
@@ -63,13 +80,49 @@ class ProtectSession(DetectSession):
         self._sites: dict[tuple, list] = {}  # (op, write stack, save stack) -> [count, bytes]
         self._copy_lock = threading.Lock()
 
+    # -- copy-on-write (the runtime tells the watcher of each write) -----------------------
+    def before_writes(self, write: WriteRecord, records: Sequence[SavedRecord]) -> Any:
+        to_copy: list[SavedRecord] = []
+        for rec in records:
+            kept = rec.extra
+            if kept is None:
+                kept = rec.extra = _Kept(rec.version)
+            if rec.tensor._version != kept.expected:
+                kept.tainted = True  # changed by a write we did not see
+            elif rec.writes and rec.writes[-1][1] and kept.copy is None:
+                to_copy.append(rec)
+        copied = _copy_before_write(to_copy, write, self) if to_copy else []
+        return records, copied
+
+    def after_writes(self, token: Any) -> None:
+        for rec in token[0]:
+            kept = rec.extra
+            if not kept.tainted:
+                kept.expected = rec.tensor._version
+
+    def writes_failed(self, token: Any) -> None:
+        for rec, nbytes in token[1]:
+            rec.extra.copy = None
+            self.account_copy(rec, None, -nbytes)
+
+    def kept_tensor(self, rec: SavedRecord) -> Optional[torch.Tensor]:
+        """The copy taken before a write overwrote ``rec``'s bytes; ``rec.tensor`` itself
+        when only writes elsewhere in its storage happened; None when it cannot be
+        repaired (a write we did not see changed it)."""
+        kept = rec.extra
+        if kept is None or kept.tainted or rec.tensor._version != kept.expected:
+            return None
+        if kept.copy is not None:
+            return kept.copy
+        if not any(hit for _, hit in rec.writes or ()):
+            return rec.tensor  # the saved bytes are intact
+        return None
+
     def account_copy(self, rec: SavedRecord, write: Optional[WriteRecord], nbytes: int) -> None:
-        """Called by the write interception for each copy made (``write`` None: undone)."""
-        session: Optional[DetectSession] = self
-        while session is not None:  # enclosing protect sessions count it too
+        """Count a copy made (``write`` None: undone) here and in enclosing protect sessions."""
+        for session in self.enclosing():
             if isinstance(session, ProtectSession):
                 session._count(rec, write, nbytes)
-            session = session._parent
 
     def _count(self, rec: SavedRecord, write: Optional[WriteRecord], nbytes: int) -> None:
         with self._copy_lock:
@@ -98,16 +151,14 @@ class ProtectSession(DetectSession):
         out.sort(key=lambda c: (-c.bytes, -c.count))
         return out
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, run: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         """detect()'s schema plus ``"protect": {"copied_bytes", "copies", "copy_sites"}``."""
-        data = super().to_dict()
-        data["protect"] = {
+        return report_to_dict(self.conflicts, self.coverage_gaps, run=run, protect={
             "copied_bytes": self.copied_bytes, "copies": self.copies,
             "copy_sites": [{"op": c.op, "count": c.count, "bytes": c.bytes,
-                            "write": _frame_dict(c.write), "saved": _frame_dict(c.saved)}
+                            "write": frame_to_dict(c.write), "saved": frame_to_dict(c.saved)}
                            for c in self.copy_sites],
-        }
-        return data
+        })
 
     def trailer_lines(self, limit: int = 5) -> list[str]:
         """What was copied and where, hottest sites first."""
@@ -125,9 +176,43 @@ class ProtectSession(DetectSession):
                 f"copied_bytes={self.copied_bytes} conflicts={len(self.conflicts)}>")
 
 
-def _frame_dict(frame: Optional[Frame]) -> Optional[dict[str, Any]]:
-    return None if frame is None else {"file": frame.file, "line": frame.line,
-                                       "function": frame.function}
+def _copy_before_write(records: list[SavedRecord], write: WriteRecord,
+                       protector: ProtectSession) -> list[tuple[SavedRecord, int]]:
+    """Keep the bytes ``records`` saved, before ``write`` overwrites them. Returns (record,
+    bytes counted) for each. Records of the same view share a copy, and a view lying inside
+    an already copied contiguous saved tensor (a saved base and a view of it) is served
+    from that copy, so the largest views are copied first."""
+    done = []
+    bases: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []  # start, end, src, copy
+    same: dict[tuple, torch.Tensor] = {}  # exact view -> its copy
+    ranged = sorted(((byte_range(r.tensor), r) for r in records),
+                    key=lambda item: item[0][0] - item[0][1])
+    with torch.no_grad():
+        for (start, end), rec in ranged:
+            t = rec.tensor
+            view = (t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+            copy = same.get(view)
+            if copy is None:
+                copy = _view_of_copied_base(bases, t, start, end)
+            nbytes = 0
+            if copy is None:
+                copy = same[view] = t.clone()
+                nbytes = copy.nbytes
+                if t.is_contiguous():
+                    bases.append((start, end, t, copy))
+            rec.extra.copy = copy
+            protector.account_copy(rec, write, nbytes)
+            done.append((rec, nbytes))
+    return done
+
+
+def _view_of_copied_base(bases: list, t: torch.Tensor, start: int, end: int
+                         ) -> Optional[torch.Tensor]:
+    for b_start, b_end, src, copy in bases:
+        if b_start <= start and end <= b_end and src.dtype == t.dtype:
+            # `copy` is a contiguous clone of `src`: the same element offsets apply.
+            return copy.as_strided(t.shape, t.stride(), t.storage_offset() - src.storage_offset())
+    return None
 
 
 @overload
@@ -158,3 +243,6 @@ def protect(func: Optional[Callable] = None, *, on_conflict: OnConflict = "recor
     if func is not None:
         return session(func)
     return session
+
+
+ProtectSession.__module__ = CopySite.__module__ = protect.__module__ = "gradguard"

@@ -390,3 +390,7 @@ def verify(step_fn: Callable[..., Any], *args: Any, params: Any = None, rtol: fl
         if diff is not None:
             result.differences.append(diff)
     return result
+
+
+for _public in (GradDifference, VerifyResult, verify):
+    _public.__module__ = "gradguard"

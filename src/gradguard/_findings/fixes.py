@@ -1,10 +1,8 @@
-"""Concrete fixes, written in the user's own names when the source line allows it."""
+"""The FIX sentence for a write, in the user's own names when the source line allows it."""
 from __future__ import annotations
 
 import re
 from typing import Optional
-
-from gradguard._findings.model import Frame
 
 _NAME = r"[A-Za-z_][\w\.]*(?:\[[^\]]*\])?"
 
@@ -13,10 +11,11 @@ def _strip_comment(src: str) -> str:
     return src.split("#", 1)[0].strip()
 
 
-def for_write(op: str, site: Optional[Frame], *, via_optimizer: bool, alias: Optional[str],
+def for_write(op: str, source: Optional[str], *, via_optimizer: bool, alias: Optional[str],
               backward_source: Optional[str], saver_op: Optional[str]) -> str:
-    """One sentence telling the user what to write instead."""
-    src = _strip_comment(site.source) if site else ""
+    """One sentence telling the user what to write instead of the write ``op`` on the
+    source line ``source`` (None when the write has no user frame)."""
+    src = _strip_comment(source) if source else ""
     if via_optimizer:
         opt = re.search(rf"({_NAME})\.step\(", src)
         loss = re.search(rf"({_NAME})\.backward\(", backward_source or "")
@@ -55,7 +54,7 @@ def for_write(op: str, site: Optional[Frame], *, via_optimizer: bool, alias: Opt
         if m:
             x, args = m.group(1), m.group(2)
             return f"write `{x} = {x}.{plain}({args})` instead of `{x}.{method}({args})`"
-        if src and site is not None and method in _ACTIVATIONS:
+        if src and source is not None and method in _ACTIVATIONS:
             return (f"this line runs an in-place `{method}` (probably a module built with "
                     "`inplace=True`): construct it without `inplace=True`")
         return f"use the out-of-place `{plain}` (assign its result), or clone the tensor first"

@@ -1,0 +1,128 @@
+"""`Session`: the core's whole view of a capability.
+
+A capability (detect, protect, and what builds on them) is a `Session` subclass. The core
+enters and exits it, installs its saved-tensor hooks, and calls the listener methods below
+when something happens that it may care about; the defaults do nothing. The core never
+imports a capability, and never calls anything not listed here.
+
+Links between sessions are computed on every ``__enter__`` and cleared on the matching
+``__exit__``, so a session object reused later -- alone, or inside another session -- never
+carries a link from an earlier use.
+"""
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, TypeVar
+
+import torch
+
+from gradguard._core import sites
+
+if TYPE_CHECKING:
+    from gradguard._core.registry import SavedRecord, WriteRecord
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class GradguardHooks(torch.autograd.graph.saved_tensors_hooks):
+    """gradguard's saved-tensor hooks; a subclass, so that other hooks can be told apart."""
+
+
+class Session:
+    """Base class of every gradguard session; a context manager and a decorator."""
+
+    max_stack: int = sites.MAX_STACK
+
+    def __init__(self) -> None:
+        self.parent: Optional[Session] = None  # the enclosing session while active
+        self._depth = 0  # a session may be re-entered (a decorated recursive function)
+        self._hooks: list[GradguardHooks] = []
+
+    # -- lifecycle -------------------------------------------------------------------
+    def __enter__(self) -> Any:
+        from gradguard._core.runtime import runtime
+
+        if self._depth == 0:
+            outer = runtime.innermost()
+            self.parent = outer if outer is not self else None
+            self.on_enter()
+        self._depth += 1
+        runtime.acquire(self)
+        hooks = GradguardHooks(self.pack, self.unpack)
+        hooks.__enter__()
+        self._hooks.append(hooks)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        from gradguard._core.runtime import runtime
+
+        hooks = self._hooks.pop()
+        hooks.__exit__(*exc_info)
+        runtime.release(self)
+        self._depth -= 1
+        if self._depth == 0:
+            self.on_exit()
+            self.parent = None
+
+    @property
+    def active(self) -> bool:
+        return self._depth > 0
+
+    def __call__(self, func: F) -> F:
+        @functools.wraps(func)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            with self:
+                return func(*args, **kwargs)
+
+        guarded.gradguard_session = self  # type: ignore[attr-defined]
+        return guarded  # type: ignore[return-value]
+
+    def enclosing(self) -> list["Session"]:
+        """This session and the active sessions it is nested in, innermost first."""
+        chain: list[Session] = []
+        session: Optional[Session] = self
+        while session is not None and session not in chain:
+            chain.append(session)
+            session = session.parent
+        return chain
+
+    # -- saved-tensor hooks (required) --------------------------------------------------
+    def pack(self, tensor: torch.Tensor) -> Any:
+        raise NotImplementedError
+
+    def unpack(self, packed: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- listener methods: what the runtime tells a session ------------------------------
+    def on_enter(self) -> None:
+        """First entry (not re-entry); ``self.parent`` is already set."""
+
+    def on_exit(self) -> None:
+        """Last exit; ``self.parent`` is still set."""
+
+    def before_writes(self, write: "WriteRecord", records: Sequence["SavedRecord"]) -> Any:
+        """An intercepted write is about to touch the storage of ``records``, the records
+        this session watches (``record.watcher is self``), each with ``record.writes[-1]``
+        being ``(write, overlaps)``. Returns a token for `after_writes`/`writes_failed`."""
+        return None
+
+    def after_writes(self, token: Any) -> None:
+        """The write announced with ``token`` happened."""
+
+    def writes_failed(self, token: Any) -> None:
+        """The write announced with ``token`` raised: undo what ``before_writes`` did."""
+
+    def kept_tensor(self, record: "SavedRecord") -> Optional[torch.Tensor]:
+        """What backward should get for ``record`` instead of its live tensor, if this
+        session kept one (copy-on-write), else None."""
+        return None
+
+    def on_write_error(self, kind: str, op: str, exc: BaseException, args: tuple) -> None:
+        """PyTorch raised one of its own in-place errors at a write (kinds in
+        `gradguard._core.runtime.WRITE_ERRORS`); the innermost session is told."""
+
+    def on_function_applied(self, cls: type, output: Any) -> None:
+        """A custom ``autograd.Function`` subclass ``cls`` returned ``output`` (grad mode)."""
+
+    def on_foreign_hooks(self, hooks: Any, where: str) -> None:
+        """Saved-tensor hooks that are not gradguard's were entered at ``where``."""

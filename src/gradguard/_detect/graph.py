@@ -1,0 +1,176 @@
+"""Capturing the autograd graph around a confirmed conflict, as plain strings.
+
+Runs inside backward when a conflict is confirmed (rare, never on the hot path). It
+describes the neighbourhood of the backward node that needed the damaged tensor -- the
+saving node, the node that produced the tensor, the saving node's other inputs, the ops
+that consumed its output and the other ops that read the same tensor -- as the graph dict
+that `gradguard._explain.picture` draws (``Conflict.graph``). No tensor and no autograd
+node is kept: holding them would keep memory alive that PyTorch would have freed.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any, Iterable, Optional, Sequence
+
+import torch
+
+from gradguard._explain.picture import (
+    MAX_NEIGHBOURS, GraphBuilder, saver_detail, tensor_node, write_node, HIGHLIGHT,
+)
+from gradguard._findings.model import Conflict, TensorInfo
+from gradguard._findings.nodes import forward_op
+
+MAX_VISIT = 200_000  # autograd nodes walked to find consumers (only on a conflict)
+
+
+class _CaptureBuilder(GraphBuilder):
+    def __init__(self) -> None:
+        super().__init__()
+        self._ids: dict[int, str] = {}  # id(autograd node) -> our id, during capture only
+
+    def autograd(self, fn: Any, role: str, detail: Sequence[str] = (),
+                 leaf_name: Optional[str] = None) -> str:
+        nid = self._ids.get(id(fn))
+        if nid is None:
+            label, extra = _describe_fn(fn, leaf_name)
+            nid = self._ids[id(fn)] = self.add(label, [*extra, *detail],
+                                                "leaf" if label == "AccumulateGrad" and
+                                                role not in HIGHLIGHT else role)
+        return nid
+
+    def group(self, fns: Sequence[Any], role: str, link) -> None:  # type: ignore[no-untyped-def]
+        """Add up to MAX_NEIGHBOURS autograd nodes, each linked by ``link(id)``."""
+        for fn in fns[:MAX_NEIGHBOURS]:
+            link(self.autograd(fn, role))
+        if len(fns) > MAX_NEIGHBOURS:
+            link(self.add(f"... {len(fns) - MAX_NEIGHBOURS} more", (), "more"))
+
+
+def _describe_fn(fn: Any, leaf_name: Optional[str] = None) -> tuple[str, list[str]]:
+    """Label and detail lines of an autograd node: ``MulBackward0`` / ``mul``; a leaf's
+    AccumulateGrad is described (``leaf f32[4]``), and named when it is the conflict's own
+    tensor (naming others would cost a scan of every live module each)."""
+    name = fn.name()
+    if name.endswith("AccumulateGrad"):
+        var = getattr(fn, "variable", None)
+        if var is None:
+            return "AccumulateGrad", ["leaf"]
+        info = TensorInfo(dtype=str(var.dtype), shape=tuple(var.shape), device=str(var.device))
+        return "AccumulateGrad", [leaf_name or "leaf", info.short()]
+    op = forward_op(name)
+    return name, [f"forward: {op}"] if op and op != name else []
+
+
+def _backward_roots() -> list[Any]:
+    """Root nodes of the running backward, read from torch's ``_engine_run_backward``
+    frame: this thread's (CPU) or the thread waiting in backward (GPU device threads)."""
+    roots = _roots_on(sys._getframe(1))
+    if roots is None:
+        me = threading.get_ident()
+        # Never this thread's frames from here: a list holding our own frame would be a
+        # reference cycle keeping the graph alive until the next gc run.
+        for ident, frame in sys._current_frames().items():
+            if ident != me:
+                roots = _roots_on(frame)
+                if roots is not None:
+                    break
+    return roots or []
+
+
+def _roots_on(frame: Any) -> Optional[list[Any]]:
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "_engine_run_backward" and "autograd" in code.co_filename:
+            outputs = frame.f_locals.get("t_outputs") or ()
+            nodes = [getattr(out, "grad_fn", None) if isinstance(out, torch.Tensor)
+                     else getattr(out, "node", None) for out in outputs]
+            return [n for n in nodes if n is not None]
+        frame = frame.f_back
+    return None
+
+
+def _parents(roots: Iterable[Any], targets: Sequence[Any]) -> dict[int, list[Any]]:
+    """For each target node, the nodes whose inputs include it (its forward consumers)."""
+    found: dict[int, list[Any]] = {id(t): [] for t in targets if t is not None}
+    seen: set[int] = set()
+    stack = [r for r in roots if r is not None]
+    while stack and len(seen) < MAX_VISIT:
+        fn = stack.pop()
+        if id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        for child, _ in fn.next_functions:
+            if child is None:
+                continue
+            hits = found.get(id(child))
+            if hits is not None and not any(h is fn for h in hits):
+                hits.append(fn)
+            if id(child) not in seen:
+                stack.append(child)
+    return found
+
+
+def _producer(node: Any, rec: Any) -> tuple[Optional[Any], bool]:
+    """The node that produced the saved tensor, and whether it is ``node``'s own output."""
+    inputs = [fn for fn, _ in node.next_functions if fn is not None]
+    if rec.producer is None or rec.producer is type(None):  # a leaf: AccumulateGrad
+        for fn in inputs:
+            if getattr(fn, "variable", None) is rec.tensor:
+                return fn, False
+        return None, False
+    candidates = [(fn, nr) for fn, nr in node.next_functions
+                  if fn is not None and type(fn) is rec.producer]
+    # `_raw_saved_<name>` exists for each saved tensor and reads it without unpacking
+    # (reading `_saved_<name>` would run the unpack hook we are inside).
+    saved = [a[len("_raw_saved_"):] for a in dir(node) if a.startswith("_raw_saved_")]
+    output = type(node) is rec.producer and any(n.startswith("result") for n in saved)
+    if output and saved and all(n.startswith("result") for n in saved):
+        return node, True  # it saves only outputs (tanh, sigmoid, exp, softmax)
+    if candidates and output:  # same op chained (tanh(tanh(x))): tell them apart by shape
+        shape = list(rec.tensor.shape)
+        candidates = [(fn, nr) for fn, nr in candidates
+                      if list(fn._input_metadata[nr].shape) == shape]
+    if candidates:
+        return candidates[0][0], False
+    return (node, True) if output else (None, False)
+
+
+def capture(node: Any, rec: Any, conflict: Conflict) -> Optional[dict[str, Any]]:
+    """The graph around ``conflict`` (see the module docstring), or None if it cannot be
+    read. ``node`` is the backward node that needed ``rec``'s tensor (None outside
+    backward). Never raises: a picture must not break detection."""
+    if node is None:
+        return None
+    try:
+        return _capture(node, rec, conflict)
+    except Exception:  # noqa: BLE001 - diagnostic only; the conflict itself stands
+        return None
+
+
+def _capture(node: Any, rec: Any, c: Conflict) -> dict[str, Any]:
+    b = _CaptureBuilder()
+    tid = tensor_node(b, c)
+    write_node(b, c, tid)
+    saver = b.autograd(node, "saver", saver_detail(c))
+    producer, is_output = _producer(node, rec)
+    parents = _parents(_backward_roots(), [node, producer])
+    inputs = [fn for fn, _ in node.next_functions if fn is not None and fn is not producer]
+    if is_output:  # saver -> tensor -> its consumers; the saved edge points back up
+        b.group(inputs, "input", lambda n: b.edge(n, saver))
+        b.edge(saver, tid, "output")
+        b.edge(tid, saver, "saved for backward", role="saved", back=True)
+        b.group(parents.get(id(node), []), "consumer", lambda n: b.edge(tid, n))
+    else:  # producer -> tensor -> saver (with its other inputs) -> consumers
+        if producer is not None:
+            b.edge(b.autograd(producer, "producer",
+                              leaf_name=c.tensor.name if c.tensor else None), tid)
+        b.edge(tid, saver, "saved for backward", role="saved")
+        b.group(inputs, "input", lambda n: b.edge(n, saver))
+        b.group(parents.get(id(node), []), "consumer", lambda n: b.edge(saver, n))
+        if producer is not None:
+            readers = [p for p in parents.get(id(producer), []) if p is not node]
+            b.group(readers, "reader", lambda n: b.edge(tid, n))
+    return b.graph()
+
+

@@ -1,0 +1,429 @@
+"""The catalogue of runtime kinds: one entry per GGR code.
+
+Each `RuntimeKind` is everything gradguard knows about one kind of finding: its stable
+code and slug, its title, the PyTorch message it explains, its documentation (the sections
+*What it does*, *Why is this bad?*, *Example*, *Fix*, as the lint rules have them), a
+runnable example that produces it and its fixed twin (a meta test runs both), and the
+builders of its two sentences -- the DETAIL (what happened) and the FIX (what to write
+instead) -- from the `Facts` the runtime gathered. The runtime only gathers facts; what
+they mean, in words, is decided here. Torch-free: `gradguard rule GGR101` and the docs
+generator read this without importing torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from gradguard._findings import fixes
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the runtime established about one finding, before any sentence is written."""
+
+    kind: str
+    what: str  # the tensor for people: "`model.head.weight`" or "f32[4,3] cpu v1"
+    node: Optional[str] = None  # backward node that needed it, e.g. "MmBackward0"
+    saver_op: Optional[str] = None  # forward op (or Function) that saved it
+    label: Optional[str] = None  # ctx attribute / checkpoint label of the record
+    version_saved: Optional[int] = None
+    version_now: Optional[int] = None
+    write_op: Optional[str] = None  # "Tensor.mul_", "+=", ... (None: no write seen)
+    write_source: Optional[str] = None  # the writing line's source (None: no user frame)
+    alias: Optional[str] = None  # ".data" when the write went through a .data alias
+    via_optimizer: bool = False
+    backward_source: Optional[str] = None  # the line that called backward, if known
+    repaired: bool = False  # protect() handed backward the bytes it kept
+    pending: bool = False  # found at the write (when="write"), before any damage
+    pytorch_error: Optional[str] = None  # first line of PyTorch's own error, if any
+
+    @property
+    def moved(self) -> bool:
+        return (self.version_saved is not None and self.version_now is not None
+                and self.version_now != self.version_saved)
+
+    @property
+    def who(self) -> str:
+        return self.node or self.label or "backward"
+
+
+@dataclass(frozen=True)
+class Example:
+    """A runnable program for the docs and the meta test: ``source`` produces the kind
+    under ``detect(**options)`` (raising ``raises`` if not None); ``fixed`` is its twin
+    that produces nothing."""
+
+    source: str
+    fixed: str
+    options: dict = field(default_factory=dict)
+    raises: Optional[str] = None  # exception class name the buggy program ends with
+
+
+@dataclass(frozen=True)
+class RuntimeKind:
+    code: str  # "GGR101": stable, people and tools grep for it
+    slug: str  # "saved-tensor-mutated": the kind's name in reports and JSON
+    title: str
+    pytorch_message: Optional[str]  # the PyTorch message it explains (None: PyTorch is silent)
+    what_it_does: str
+    why_bad: str
+    fix_advice: str
+    example: Example
+    detail: Callable[[Facts], str]
+    fix: Callable[[Facts], str]
+
+    @property
+    def doc(self) -> str:
+        """Markdown: What it does / Why is this bad? / Example / Fix."""
+        pytorch = (f"PyTorch's own message: *{self.pytorch_message}*" if self.pytorch_message
+                   else "Stock PyTorch says nothing: the gradient is silently wrong.")
+        options = ", ".join(f"{k}={v!r}" for k, v in self.example.options.items())
+        run = f"`gradguard.detect({options})`" if options else "`gradguard run` or `gradguard.detect()`"
+        return (
+            f"## What it does\n\n{self.what_it_does}\n\n{pytorch}\n\n"
+            f"## Why is this bad?\n\n{self.why_bad}\n\n"
+            f"## Example\n\nUnder {run}:\n\n```python\n{self.example.source.strip()}\n```\n\n"
+            f"Use instead:\n\n```python\n{self.example.fixed.strip()}\n```\n\n"
+            f"## Fix\n\n{self.fix_advice}\n"
+        )
+
+
+# -- the sentences ------------------------------------------------------------------------
+def _saved_detail(f: Facts) -> str:
+    if f.repaired:
+        return (f"{f.who} needs {f.what}, saved at version {f.version_saved}; a write "
+                "overwrote its bytes, and gradguard.protect gave backward the copy it kept "
+                "just before that write, so the gradient is as the program meant it")
+    if f.pending:
+        return (f"this write would overwrite {f.what}, saved for backward by "
+                f"{f.saver_op or 'an earlier op'}; stopped before the write (when='write')")
+    head = f"{f.who} needs {f.what}, saved at version {f.version_saved}; "
+    if f.moved:
+        return head + f"it is now at version {f.version_now}"
+    why = ("the write went through `.data`, which has its own version counter"
+           if f.alias == ".data" else
+           "the write went through an alias with its own version counter, or a kernel that "
+           "bumps none")
+    return head + (f"its version did not move ({why}), so PyTorch would not notice and the "
+                   "gradient is silently wrong")
+
+
+_NOT_INTERCEPTED = (
+    "the write was not intercepted (it ran inside C++ code or a compiled region, or before "
+    "gradguard started); run with `when=\"write\"` or bisect the writes to this tensor after "
+    "its save site")
+
+
+def _write_fix(f: Facts) -> str:
+    if f.write_op is None:
+        return _NOT_INTERCEPTED
+    return fixes.for_write(f.write_op, f.write_source, via_optimizer=f.via_optimizer,
+                           alias=f.alias, backward_source=f.backward_source,
+                           saver_op=f.saver_op)
+
+
+def _ctx_fix(f: Facts) -> str:
+    fix = _write_fix(f)
+    if f.write_op is None:
+        return fix
+    return (fix + "; and in the Function, keep tensors with `ctx.save_for_backward(...)` so "
+            "PyTorch checks them")
+
+
+def _leaf_fix(f: Facts) -> str:
+    specific = fixes.for_write(f.write_op or "", f.write_source, via_optimizer=False,
+                               alias=None, backward_source=None, saver_op=None)
+    return f"{specific}; {fixes.LEAF_FIX}"
+
+
+def _pytorch_error(f: Facts) -> str:
+    return f.pytorch_error or ""
+
+
+CATALOGUE: dict[str, RuntimeKind] = {}
+
+
+def _add(kind: RuntimeKind) -> None:
+    CATALOGUE[kind.slug] = kind
+
+
+_add(RuntimeKind(
+    code="GGR101", slug="saved-tensor-mutated",
+    title="a tensor saved for backward was modified by an in-place write",
+    pytorch_message=("one of the variables needed for gradient computation has been modified "
+                     "by an inplace operation: [...] is at version N; expected version M "
+                     "instead. Hint: ... Good luck!"),
+    what_it_does=(
+        "Reports an in-place write (`x += y`, `h.relu_()`, `x[i] = v`, `out=`, an optimizer "
+        "step, a write through `.data`) into the bytes of a tensor that autograd saved for "
+        "the backward pass, naming the write's line, the line that saved the tensor, the "
+        "tensor (a parameter's module path, the op that produced it) and the fix."),
+    why_bad=(
+        "Backward formulas read the saved tensor as it was when the forward ran. When the "
+        "write bumped the tensor's version counter, PyTorch refuses at backward with an "
+        "error that names neither line. When it did not (a write through `.data`, a fused "
+        "kernel that bumps no version), PyTorch computes the gradient from the new bytes "
+        "and says nothing: training silently goes wrong."),
+    fix_advice=(
+        "Write out of place (`h = h.mul(2)` instead of `h.mul_(2)`, `x = x + y` instead of "
+        "`x += y`), clone before writing, or move the write (an optimizer step, a weight "
+        "update) after the `backward()` that needs the old values. `gradguard.protect()` "
+        "repairs it at run time by copying exactly the bytes the write would destroy."),
+    example=Example(
+        source=(
+            "import torch\n\n"
+            "x = torch.randn(4, requires_grad=True)\n"
+            "h = torch.sigmoid(x)  # sigmoid saves its output for backward\n"
+            "h.mul_(2)  # overwrites that output\n"
+            "h.sum().backward()  # PyTorch: 'modified by an inplace operation'\n"),
+        fixed=(
+            "import torch\n\n"
+            "x = torch.randn(4, requires_grad=True)\n"
+            "h = torch.sigmoid(x)\n"
+            "h = h.mul(2)  # a new tensor: the saved output stays intact\n"
+            "h.sum().backward()\n"),
+        raises="InplaceConflictError"),
+    detail=_saved_detail, fix=_write_fix,
+))
+
+_add(RuntimeKind(
+    code="GGR102", slug="saved-tensor-mutated-outside-pytorch",
+    title="a tensor saved for backward was modified outside PyTorch (e.g. through a NumPy view)",
+    pytorch_message=None,
+    what_it_does=(
+        "With `checksum=True` (`gradguard run --checksum`), fingerprints every saved tensor "
+        "at save time and reports one whose bytes differ when backward reads them although "
+        "no PyTorch write touched it: a NumPy array from `.numpy()`, a DLPack or buffer "
+        "alias, a C extension."),
+    why_bad=(
+        "Writes outside PyTorch bump no version counter and go through no PyTorch entry "
+        "point, so neither PyTorch nor gradguard's write interception sees them; backward "
+        "silently uses the new bytes."),
+    fix_advice=(
+        "Give the outside code a copy (`t.detach().numpy().copy()`), or clone the tensor "
+        "before handing out its memory."),
+    example=Example(
+        source=(
+            "import torch\n\n"
+            "w = torch.randn(3, requires_grad=True)\n"
+            "x = torch.randn(3)\n"
+            "y = (w * x).sum()  # mul saves x to compute w's gradient\n"
+            "x.numpy()[:] = 0.0  # NumPy writes x's memory: no version bump\n"
+            "y.backward()  # w.grad is silently all zeros\n"),
+        fixed=(
+            "import torch\n\n"
+            "w = torch.randn(3, requires_grad=True)\n"
+            "x = torch.randn(3)\n"
+            "y = (w * x).sum()\n"
+            "a = x.numpy().copy()  # NumPy gets its own memory\n"
+            "a[:] = 0.0\n"
+            "y.backward()\n"),
+        options={"checksum": True}),
+    detail=lambda f: (f"{f.who} needs {f.what}, saved at version {f.version_saved}; its bytes "
+                      "changed without any PyTorch write (written outside PyTorch)"),
+    fix=lambda f: ("find the code that writes this tensor's memory outside PyTorch (a NumPy "
+                   "view from `.numpy()`, a DLPack or buffer alias) and give it a copy "
+                   "(`t.detach().numpy().copy()`, or clone the tensor first)"),
+))
+
+_add(RuntimeKind(
+    code="GGR103", slug="ctx-attribute-mutated",
+    title="a tensor a custom autograd.Function kept on ctx was modified before its backward",
+    pytorch_message=None,
+    what_it_does=(
+        "Reports an in-place write into a tensor that a custom `torch.autograd.Function` "
+        "kept as a ctx attribute (`ctx.scale = s`) rather than with "
+        "`ctx.save_for_backward(...)`, made between the Function's forward and its backward."),
+    why_bad=(
+        "PyTorch checks the versions of tensors saved with `save_for_backward`, not of ctx "
+        "attributes: the Function's backward silently computes with the new values."),
+    fix_advice=(
+        "Keep tensors with `ctx.save_for_backward(...)` (PyTorch then checks them), and write "
+        "out of place or clone before writing."),
+    example=Example(
+        source=(
+            "import torch\n\n"
+            "class Scale(torch.autograd.Function):\n"
+            "    @staticmethod\n"
+            "    def forward(ctx, x, s):\n"
+            "        ctx.s = s  # kept on ctx: PyTorch does not check it\n"
+            "        return x * s\n\n"
+            "    @staticmethod\n"
+            "    def backward(ctx, grad):\n"
+            "        return grad * ctx.s, None\n\n"
+            "x = torch.randn(3, requires_grad=True)\n"
+            "s = torch.full((3,), 2.0)\n"
+            "y = Scale.apply(x, s)\n"
+            "s.mul_(10)  # x.grad becomes 20, not 2\n"
+            "y.sum().backward()\n"),
+        fixed=(
+            "import torch\n\n"
+            "class Scale(torch.autograd.Function):\n"
+            "    @staticmethod\n"
+            "    def forward(ctx, x, s):\n"
+            "        ctx.save_for_backward(s)\n"
+            "        return x * s\n\n"
+            "    @staticmethod\n"
+            "    def backward(ctx, grad):\n"
+            "        (s,) = ctx.saved_tensors\n"
+            "        return grad * s, None\n\n"
+            "x = torch.randn(3, requires_grad=True)\n"
+            "s = torch.full((3,), 2.0)\n"
+            "y = Scale.apply(x, s)\n"
+            "s = s.mul(10)  # a new tensor\n"
+            "y.sum().backward()\n")),
+    detail=lambda f: (f"{f.label} keeps {f.what} on ctx (not via save_for_backward, so "
+                      "PyTorch does not check it); it was modified before the backward ran"),
+    fix=_ctx_fix,
+))
+
+_add(RuntimeKind(
+    code="GGR104", slug="checkpoint-input-mutated",
+    title="an input of a checkpointed region was modified before the region was recomputed",
+    pytorch_message=None,
+    what_it_does=(
+        "Reports an in-place write into an input of a `torch.utils.checkpoint` region made "
+        "after the region's forward and before its backward, which recomputes the region "
+        "from its inputs."),
+    why_bad=(
+        "Recomputation reads the inputs as they are at backward: a write in between (under "
+        "`no_grad`, or through `.data`) silently changes the recomputed forward, and so the "
+        "gradients."),
+    fix_advice="Clone the input before writing, or write it after `backward()`.",
+    example=Example(
+        source=(
+            "import torch\n"
+            "from torch.utils.checkpoint import checkpoint\n\n"
+            "lin = torch.nn.Linear(3, 3)\n"
+            "x = torch.randn(2, 3, requires_grad=True) * 1\n"
+            "y = checkpoint(lambda t: torch.tanh(lin(t)), x, use_reentrant=False)\n"
+            "x.data.add_(1.0)  # the recomputation in backward sees x + 1\n"
+            "y.sum().backward()\n"),
+        fixed=(
+            "import torch\n"
+            "from torch.utils.checkpoint import checkpoint\n\n"
+            "lin = torch.nn.Linear(3, 3)\n"
+            "x = torch.randn(2, 3, requires_grad=True) * 1\n"
+            "y = checkpoint(lambda t: torch.tanh(lin(t)), x, use_reentrant=False)\n"
+            "y.sum().backward()\n"
+            "x.data.add_(1.0)  # after backward\n")),
+    detail=lambda f: (f"{f.what} is an input of a checkpointed region; it was modified after "
+                      "the region's forward, so recomputation in backward silently used the "
+                      "new values"),
+    fix=lambda f: ("do not modify inputs of a checkpointed region before its backward: clone "
+                   "the input before writing, or write it after `backward()`"),
+))
+
+_add(RuntimeKind(
+    code="GGR201", slug="leaf-inplace",
+    title="in-place write into a leaf tensor that requires grad",
+    pytorch_message="a leaf Variable that requires grad is being used in an in-place operation.",
+    what_it_does=(
+        "Explains PyTorch's error for an in-place write into a leaf that requires grad (a "
+        "parameter, or a tensor created with `requires_grad=True`) while grad mode is on: "
+        "which tensor it is and the out-of-place form of the line."),
+    why_bad=(
+        "Autograd accumulates a leaf's gradient into `.grad`; an in-place write would change "
+        "the value the graph depends on without a node to differentiate, so PyTorch refuses."),
+    fix_advice=(
+        "Write out of place (`x = x + y` makes a new tensor), or, for a deliberate update "
+        "such as a parameter step, do it under `with torch.no_grad():`."),
+    example=Example(
+        source=(
+            "import torch\n\n"
+            "w = torch.randn(3, requires_grad=True)\n"
+            "w += 1  # PyTorch: 'a leaf Variable that requires grad ...'\n"),
+        fixed=(
+            "import torch\n\n"
+            "w = torch.randn(3, requires_grad=True)\n"
+            "with torch.no_grad():\n"
+            "    w += 1  # a deliberate update, outside the graph\n"),
+        raises="RuntimeError"),
+    detail=_pytorch_error, fix=_leaf_fix,
+))
+
+_add(RuntimeKind(
+    code="GGR202", slug="leaf-view-inplace",
+    title="in-place write into a view of a leaf tensor that requires grad",
+    pytorch_message=("a view of a leaf Variable that requires grad is being used in an "
+                     "in-place operation."),
+    what_it_does=(
+        "Explains PyTorch's error for an in-place write into a view (a slice, `.view`, `.t()`) "
+        "of a leaf that requires grad, such as a slice of a parameter."),
+    why_bad="Writing a view writes its base, the leaf: PyTorch refuses as for the leaf itself.",
+    fix_advice=(
+        "Build the new value out of place (`torch.cat`, `torch.where`), or make the update "
+        "under `with torch.no_grad():`."),
+    example=Example(
+        source=(
+            "import torch\n\n"
+            "w = torch.randn(4, requires_grad=True)\n"
+            "head = w[:2]\n"
+            "head.mul_(2)  # PyTorch: 'a view of a leaf Variable ...'\n"),
+        fixed=(
+            "import torch\n\n"
+            "w = torch.randn(4, requires_grad=True)\n"
+            "head = w[:2].mul(2)  # a new tensor\n"),
+        raises="RuntimeError"),
+    detail=_pytorch_error, fix=_leaf_fix,
+))
+
+_add(RuntimeKind(
+    code="GGR203", slug="multi-output-view-inplace",
+    title="in-place write into an output of a view op that returns several views",
+    pytorch_message=("Output 0 of SplitBackward0 is a view and is being modified inplace. This "
+                     "view is the output of a function that returns multiple views. Such "
+                     "functions do not allow the output views to be modified inplace."),
+    what_it_does=(
+        "Explains PyTorch's error for an in-place write into an output of `split`, `chunk`, "
+        "`unbind` (or another op returning several views)."),
+    why_bad=(
+        "Those outputs share one backward node; autograd cannot rebase one of them on an "
+        "in-place op, so PyTorch refuses."),
+    fix_advice="Clone the piece before writing (`a = a.clone()`), or compute it out of place.",
+    example=Example(
+        source=(
+            "import torch\n\n"
+            "x = torch.randn(4, requires_grad=True) * 1\n"
+            "a, b = x.split(2)\n"
+            "a.mul_(2)  # PyTorch: '... returns multiple views ...'\n"),
+        fixed=(
+            "import torch\n\n"
+            "x = torch.randn(4, requires_grad=True) * 1\n"
+            "a, b = x.split(2)\n"
+            "a = a.mul(2)\n"),
+        raises="RuntimeError"),
+    detail=_pytorch_error, fix=lambda f: fixes.MULTI_VIEW_FIX,
+))
+
+_add(RuntimeKind(
+    code="GGR204", slug="inference-tensor-inplace",
+    title="in-place write into an inference tensor outside inference mode",
+    pytorch_message="Inplace update to inference tensor outside InferenceMode is not allowed.",
+    what_it_does=(
+        "Explains PyTorch's error for an in-place write, outside `torch.inference_mode()`, into "
+        "a tensor created inside it."),
+    why_bad="Inference tensors have no version counter, so PyTorch forbids writing them later.",
+    fix_advice=(
+        "Clone the tensor outside inference mode before writing, or create it under "
+        "`torch.no_grad()` instead."),
+    example=Example(
+        source=(
+            "import torch\n\n"
+            "with torch.inference_mode():\n"
+            "    t = torch.ones(3)\n"
+            "t.add_(1)  # PyTorch: 'Inplace update to inference tensor ...'\n"),
+        fixed=(
+            "import torch\n\n"
+            "with torch.no_grad():\n"
+            "    t = torch.ones(3)\n"
+            "t.add_(1)\n"),
+        raises="RuntimeError"),
+    detail=_pytorch_error, fix=lambda f: fixes.INFERENCE_FIX,
+))
+
+BY_CODE: dict[str, RuntimeKind] = {k.code: k for k in CATALOGUE.values()}
+
+
+def kind(slug: str) -> RuntimeKind:
+    return CATALOGUE[slug]
