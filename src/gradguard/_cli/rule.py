@@ -1,24 +1,40 @@
-"""``gradguard rule GG101`` prints a rule's documentation; ``--list`` lists all rules."""
+"""``gradguard rule CODE`` prints the documentation of a lint rule (GG101) or a runtime
+code (GGR101); ``--list`` lists them all. Neither catalogue imports torch."""
 from __future__ import annotations
 
 import argparse
 import textwrap
 
+from gradguard._findings.kinds import BY_CODE, RuntimeKind
 from gradguard.errors import UsageError
-from gradguard.lint.base import all_rules
+from gradguard.lint import all_rules
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("code", nargs="?", metavar="CODE", help="a rule code such as GG101")
-    parser.add_argument("--list", action="store_true", help="list every rule")
+    parser.add_argument("code", nargs="?", metavar="CODE",
+                        help="a lint rule code such as GG101, or a runtime code such as GGR101")
+    parser.add_argument("--list", action="store_true", help="list every rule and runtime code")
+
+
+def render_kind(kind: RuntimeKind) -> str:
+    """The Markdown documentation of one runtime code."""
+    head = (f"# {kind.code} {kind.slug}\n\n{kind.title[0].upper()}{kind.title[1:]}.\n\n"
+            "Found at run time by `gradguard run`, `gradguard.detect()`, `gradguard.protect()` "
+            "and `pytest --gradguard`.\n\n")
+    return head + kind.doc
 
 
 def render(code: str) -> str:
-    """The Markdown documentation of one rule."""
+    """The Markdown documentation of one lint rule or runtime code."""
+    code = code.upper()
+    kind = BY_CODE.get(code)
+    if kind is not None:
+        return render_kind(kind)
     rules = all_rules()
-    r = rules.get(code.upper())
+    r = rules.get(code)
     if r is None:
-        raise UsageError(f"unknown rule {code!r}; known rules: {', '.join(rules)}")
+        raise UsageError(f"unknown rule {code!r}; lint rules: {', '.join(rules)}; runtime "
+                         f"codes: {', '.join(BY_CODE)}")
     default = "on by default" if r.default else "off by default (enable with --select or extend-select)"
     head = f"# {r.code} {r.name}\n\n{r.summary}.\n\nFix: {r.fix_safety}. Status: {default}.\n"
     return head + textwrap.dedent(r.doc).rstrip() + "\n"
@@ -33,8 +49,12 @@ def table() -> str:
 
 def run(args: argparse.Namespace) -> int:
     if args.list or not args.code:
+        print("lint rules (gradguard lint):")
         for code, r in all_rules().items():
-            print(f"{code}  {r.name:34s} {'on ' if r.default else 'off'}  fix={r.fix_safety:9s} {r.summary}")
+            print(f"  {code}  {r.name:34s} {'on ' if r.default else 'off'}  fix={r.fix_safety:9s} {r.summary}")
+        print("runtime codes (gradguard run / detect / protect):")
+        for code, kind in BY_CODE.items():
+            print(f"  {code} {kind.slug:36s} {kind.title}")
         return 0
     print(render(args.code), end="")
     return 0

@@ -371,9 +371,10 @@ _add(RuntimeKind(
 _add(RuntimeKind(
     code="GGR203", slug="multi-output-view-inplace",
     title="in-place write into an output of a view op that returns several views",
-    pytorch_message=("Output 0 of SplitBackward0 is a view and is being modified inplace. This "
-                     "view is the output of a function that returns multiple views. Such "
-                     "functions do not allow the output views to be modified inplace."),
+    pytorch_message=("Output 0 of Split is a view and is being modified inplace. This view is "
+                     "the output of a function that returns multiple views. Such functions do "
+                     "not allow the output views to be modified inplace. You should replace the "
+                     "inplace operation by an out-of-place one."),
     what_it_does=(
         "Explains PyTorch's error for an in-place write into an output of `split`, `chunk`, "
         "`unbind` (or another op returning several views)."),

@@ -5,7 +5,7 @@ descriptions (dtype, shape, versions, source lines).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from gradguard._findings.kinds import CATALOGUE
@@ -127,10 +127,66 @@ class Conflict:
         return f"{self.kind} {where} ({op})"
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (see `gradguard._findings.schema`, the one writer and reader)."""
-        from gradguard._findings.schema import conflict_to_dict
+        """JSON-ready form (the report around it: `gradguard._findings.schema`)."""
+        return {
+            "kind": self.kind,
+            "code": self.code,
+            "title": self.title,
+            "mutation": ({"op": self.write.op, "via": self.write.via, "alias": self.write.alias,
+                          **_site(self.write.stack)} if self.write else None),
+            "saved": ({"op": self.saved.op, "node": self.saved.node, **_site(self.saved.stack)}
+                      if self.saved else None),
+            "tensor": ({**asdict(self.tensor), "shape": list(self.tensor.shape)}
+                       if self.tensor else None),
+            "overlap": self.overlap,
+            "aliasing": self.aliasing,
+            "fix": self.fix,
+            "detail": self.detail,
+            "repaired": self.repaired,
+        }
 
-        return conflict_to_dict(self)
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Conflict":
+        """The inverse of `to_dict` (the picture, not part of the JSON, is left out)."""
+        m, s, t = d.get("mutation"), d.get("saved"), d.get("tensor")
+        return cls(
+            kind=d["kind"],
+            write=(Mutation(op=m.get("op") or "?", stack=_stack(m), via=m.get("via"),
+                            alias=m.get("alias")) if m else None),
+            saved=(SavedBy(op=s.get("op"), node=s.get("node"), stack=_stack(s)) if s else None),
+            tensor=(TensorInfo(**{**t, "shape": tuple(t.get("shape") or ())}) if t else None),
+            overlap=d.get("overlap"),
+            aliasing=dict(d.get("aliasing") or {}),
+            fix=d.get("fix") or "",
+            detail=d.get("detail") or "",
+            repaired=bool(d.get("repaired")),
+        )
+
+
+def _site(stack: list[Frame]) -> dict[str, Any]:
+    top = stack[0] if stack else None
+    return {
+        "file": top.file if top else None,
+        "line": top.line if top else None,
+        "function": top.function if top else None,
+        "stack": [asdict(f) for f in stack],
+    }
+
+
+def _frames(items: Any) -> list[Frame]:
+    out = []
+    for f in items or ():
+        out.append(Frame(str(f.get("file") or ""), int(f.get("line") or 0),
+                         str(f.get("function") or ""), str(f.get("source") or "")))
+    return out
+
+
+def _stack(block: dict[str, Any]) -> list[Frame]:
+    """The stack of a site; an old or hand-written report may give only file/line."""
+    stack = _frames(block.get("stack"))
+    if not stack and block.get("file") and block.get("line"):
+        stack = [Frame(str(block["file"]), int(block["line"]), str(block.get("function") or ""))]
+    return stack
 
 
 for _public in (Frame, Mutation, SavedBy, TensorInfo, Conflict):

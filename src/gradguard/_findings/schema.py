@@ -22,10 +22,10 @@ report later) reads through `read_report`.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from gradguard._findings.model import Conflict, Frame, Mutation, SavedBy, TensorInfo
+from gradguard._findings.model import Conflict, Frame
 from gradguard.errors import UsageError
 
 SCHEMA_VERSION = 1
@@ -37,34 +37,6 @@ def frame_to_dict(frame: Optional[Frame]) -> Optional[dict[str, Any]]:
                                        "function": frame.function}
 
 
-def _site(stack: Sequence[Frame]) -> dict[str, Any]:
-    top = stack[0] if stack else None
-    return {
-        "file": top.file if top else None,
-        "line": top.line if top else None,
-        "function": top.function if top else None,
-        "stack": [asdict(f) for f in stack],
-    }
-
-
-def conflict_to_dict(c: Conflict) -> dict[str, Any]:
-    return {
-        "kind": c.kind,
-        "code": c.code,
-        "title": c.title,
-        "mutation": ({"op": c.write.op, "via": c.write.via, "alias": c.write.alias,
-                      **_site(c.write.stack)} if c.write else None),
-        "saved": ({"op": c.saved.op, "node": c.saved.node, **_site(c.saved.stack)}
-                  if c.saved else None),
-        "tensor": ({**asdict(c.tensor), "shape": list(c.tensor.shape)} if c.tensor else None),
-        "overlap": c.overlap,
-        "aliasing": c.aliasing,
-        "fix": c.fix,
-        "detail": c.detail,
-        "repaired": c.repaired,
-    }
-
-
 def report_to_dict(conflicts: Sequence[Conflict], gaps: Sequence[str] = (), *,
                    protect: Optional[dict[str, Any]] = None,
                    run: Optional[dict[str, Any]] = None) -> dict[str, Any]:
@@ -73,7 +45,7 @@ def report_to_dict(conflicts: Sequence[Conflict], gaps: Sequence[str] = (), *,
         by_kind[c.kind] = by_kind.get(c.kind, 0) + 1
     data: dict[str, Any] = {
         "version": SCHEMA_VERSION,
-        "conflicts": [conflict_to_dict(c) for c in conflicts],
+        "conflicts": [c.to_dict() for c in conflicts],
         "coverage_gaps": list(gaps),
         "summary": {"conflicts": len(conflicts), "by_kind": by_kind},
     }
@@ -95,38 +67,6 @@ class Report:
     run: Optional[dict[str, Any]] = None
 
 
-def _frames(items: Any) -> list[Frame]:
-    out = []
-    for f in items or ():
-        out.append(Frame(str(f.get("file") or ""), int(f.get("line") or 0),
-                         str(f.get("function") or ""), str(f.get("source") or "")))
-    return out
-
-
-def _stack(block: dict[str, Any]) -> list[Frame]:
-    """The stack of a site; an old or hand-written report may give only file/line."""
-    stack = _frames(block.get("stack"))
-    if not stack and block.get("file") and block.get("line"):
-        stack = [Frame(str(block["file"]), int(block["line"]), str(block.get("function") or ""))]
-    return stack
-
-
-def conflict_from_dict(d: dict[str, Any]) -> Conflict:
-    m, s, t = d.get("mutation"), d.get("saved"), d.get("tensor")
-    return Conflict(
-        kind=d["kind"],
-        write=(Mutation(op=m.get("op") or "?", stack=_stack(m), via=m.get("via"),
-                        alias=m.get("alias")) if m else None),
-        saved=(SavedBy(op=s.get("op"), node=s.get("node"), stack=_stack(s)) if s else None),
-        tensor=(TensorInfo(**{**t, "shape": tuple(t.get("shape") or ())}) if t else None),
-        overlap=d.get("overlap"),
-        aliasing=dict(d.get("aliasing") or {}),
-        fix=d.get("fix") or "",
-        detail=d.get("detail") or "",
-        repaired=bool(d.get("repaired")),
-    )
-
-
 def parse_report(data: Any, where: str = "report") -> Report:
     """A report from its decoded JSON; anything that is not one raises `UsageError`."""
     if not isinstance(data, dict) or not isinstance(data.get("conflicts"), list):
@@ -138,7 +78,7 @@ def parse_report(data: Any, where: str = "report") -> Report:
     conflicts = []
     for i, entry in enumerate(data["conflicts"]):
         try:
-            conflicts.append(conflict_from_dict(entry))
+            conflicts.append(Conflict.from_dict(entry))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise UsageError(f"{where}: conflict #{i} is malformed ({exc!r})") from None
     return Report(conflicts, [str(g) for g in data.get("coverage_gaps") or ()],

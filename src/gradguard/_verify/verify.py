@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
+from gradguard._detect.session import DetectSession
 from gradguard._findings.model import Conflict
 from gradguard._core.snapshot import snapshot_saved_tensors
 from gradguard.errors import InplaceConflictError
@@ -354,7 +355,6 @@ def verify(step_fn: Callable[..., Any], *args: Any, params: Any = None, rtol: fl
                          "arguments: pass the model (or optimizer) as an argument, e.g. "
                          "verify(step, model, batch), or name them with params=...")
 
-    import gradguard
 
     state = _State(found, checked)
     try:
@@ -363,7 +363,7 @@ def verify(step_fn: Callable[..., Any], *args: Any, params: Any = None, rtol: fl
         del ref_value
     finally:
         state.restore()  # the reference run leaves no trace
-    session = gradguard.detect(on_conflict="record")
+    session = DetectSession(on_conflict="record")
     error = None
     value = None
     try:

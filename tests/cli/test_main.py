@@ -42,5 +42,5 @@ def test_gradguard_lints_its_own_repository_clean(capsys, monkeypatch):
     examples and the copy-on-write benchmark hold deliberate bugs: excluded in pyproject)."""
     from pathlib import Path
 
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
     assert main(["lint", "."]) == 0, capsys.readouterr().out

@@ -18,7 +18,7 @@ import pytest
 from gradguard._cli.main import main
 from helpers import line_of
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 # example -> what its report must say. Lines are found by the marker comments in the
 # example files; `write` is the innermost write frame, `bug` the line the example marks.

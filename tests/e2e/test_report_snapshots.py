@@ -4,7 +4,7 @@ only the examples' directory differs between checkouts and is written as `<examp
 
 After an intended change to the report, regenerate and review the diff:
 
-    GRADGUARD_UPDATE_SNAPSHOTS=1 .venv/bin/python -m pytest -q tests/test_report_snapshots.py
+    GRADGUARD_UPDATE_SNAPSHOTS=1 .venv/bin/python -m pytest -q tests/e2e/test_report_snapshots.py
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 from gradguard._cli.main import main
 
 HERE = Path(__file__).resolve().parent
-EXAMPLES = HERE.parent / "examples"
+EXAMPLES = HERE.parents[1] / "examples"
 SNAPSHOTS = HERE / "snapshots"
 UPDATE = os.environ.get("GRADGUARD_UPDATE_SNAPSHOTS") == "1"
 MARK = "(gradguard: the report follows)\n"  # ends the traceback of a fatal conflict
@@ -66,7 +66,7 @@ def test_report_is_the_same_on_a_second_run(capsys):
 
 def test_readme_quickstart_shows_the_real_report():
     """The README's sample is this snapshot, with the examples' path shortened."""
-    quickstart = (HERE.parent / "README.md").read_text().split("## Quickstart", 1)[1]
+    quickstart = (HERE.parents[1] / "README.md").read_text().split("## Quickstart", 1)[1]
     sample = re.search(r"```text\n(.*?)```", quickstart, flags=re.S).group(1)
     report = (SNAPSHOTS / "weight_norm_data.txt").read_text()
     assert sample.endswith(report.replace("<examples>/", "examples/"))

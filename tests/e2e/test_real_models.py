@@ -29,7 +29,7 @@ def _load_models():
     name = "_gradguard_bench_models"
     if name in sys.modules:
         return sys.modules[name]
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "models.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "models.py"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look the module up while building the class

@@ -19,7 +19,7 @@ from gradguard._core.snapshot import snapshot_saved_tensors
 from gradguard._cli.main import main
 from helpers import line_of
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 BUGGY = {  # example -> the marker of its write line
     "gan_step_order": "BUG: changes disc's weights while loss_g still needs them",
     "sigmoid_relu_inplace": "BUG with inplace=True: writes over g",
