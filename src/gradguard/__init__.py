@@ -20,16 +20,26 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from gradguard.errors import (
-    GradguardError, InplaceConflictError, InplaceConflictWarning, UsageError,
-)
+from gradguard.errors import GradguardError as GradguardError
+from gradguard.errors import InplaceConflictError as InplaceConflictError
+from gradguard.errors import InplaceConflictWarning as InplaceConflictWarning
+from gradguard.errors import UsageError as UsageError
 
 if TYPE_CHECKING:  # what type checkers see; at run time the names load lazily below
-    from gradguard._detect.session import DetectSession, detect
-    from gradguard._explain.html import write_html
-    from gradguard._findings.model import Conflict, Frame, Mutation, SavedBy, TensorInfo
-    from gradguard._protect.session import CopySite, ProtectSession, protect
-    from gradguard._verify.verify import GradDifference, VerifyResult, verify
+    from gradguard._detect.session import DetectSession as DetectSession
+    from gradguard._detect.session import detect as detect
+    from gradguard._explain.html import write_html as write_html
+    from gradguard._findings.model import Conflict as Conflict
+    from gradguard._findings.model import Frame as Frame
+    from gradguard._findings.model import Mutation as Mutation
+    from gradguard._findings.model import SavedBy as SavedBy
+    from gradguard._findings.model import TensorInfo as TensorInfo
+    from gradguard._protect.session import CopySite as CopySite
+    from gradguard._protect.session import ProtectSession as ProtectSession
+    from gradguard._protect.session import protect as protect
+    from gradguard._verify.verify import GradDifference as GradDifference
+    from gradguard._verify.verify import VerifyResult as VerifyResult
+    from gradguard._verify.verify import verify as verify
 
 __version__ = "0.1.0"
 

@@ -24,14 +24,14 @@ overrides the ini key), and per test by the ``gradguard`` marker or by requestin
 from __future__ import annotations
 
 import os
-from typing import Any, NoReturn, Optional
+from typing import Any, Generator, NoReturn, Optional
 
 import _pytest
 import pluggy
 import pytest
 
 _MODES = ("fail", "raise", "warn", "record")
-_RUNNER_DIRS = tuple(os.path.dirname(m.__file__) + os.sep for m in (_pytest, pluggy))
+_RUNNER_DIRS = tuple(os.path.dirname(m.__file__ or "") + os.sep for m in (_pytest, pluggy))
 _DETECT_OPTIONS = ("checksum", "when", "max_stack")
 _MARKER_HELP = (
     "gradguard(enabled=True, on_conflict='fail', checksum=False, when='backward', "
@@ -137,7 +137,7 @@ def _options(item: pytest.Item) -> Optional[tuple[str, dict[str, Any]]]:
 
 
 @pytest.hookimpl(wrapper=True, trylast=True)
-def pytest_runtest_setup(item: pytest.Item):  # type: ignore[no-untyped-def]
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
     options = _options(item)
     if options is None:
         return (yield)
@@ -156,7 +156,7 @@ def pytest_runtest_setup(item: pytest.Item):  # type: ignore[no-untyped-def]
 
 
 @pytest.hookimpl(wrapper=True, trylast=True)
-def pytest_runtest_call(item: pytest.Item):  # type: ignore[no-untyped-def]
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     session = item.stash.get(_SESSION, None)
     if session is None:
         return (yield)

@@ -16,12 +16,12 @@ import warnings
 from pathlib import Path
 
 import pytest
+from helpers import line_of
 
 import gradguard
 from gradguard._cli.main import main
 from gradguard._cli.run import parse_env
 from gradguard.errors import UsageError
-from helpers import line_of
 
 # A training-step-sized program with a silent bug (a `.data` write into a saved tensor)
 # when its first argument is "bug", and an exit code from its second.

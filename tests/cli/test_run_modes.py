@@ -14,10 +14,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-
-from gradguard._core.snapshot import snapshot_saved_tensors
-from gradguard._cli.main import main
 from helpers import line_of
+
+from gradguard._cli.main import main
+from gradguard._core.snapshot import snapshot_saved_tensors
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 BUGGY = {  # example -> the marker of its write line

@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import os
-import warnings
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from helpers import line_of
 from torch.utils.checkpoint import checkpoint
 
 import gradguard
-from helpers import line_of
 
 HERE = os.path.abspath(__file__)
 

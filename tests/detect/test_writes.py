@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import line_of
 
 import gradguard
-from helpers import line_of
 
 HERE = os.path.abspath(__file__)
 

@@ -12,10 +12,10 @@ import sys
 
 import pytest
 import torch
+from helpers import line_of
 
 from gradguard._cli.main import main
 from gradguard._cli.run import COMPILE_GAP
-from helpers import line_of
 
 TRAIN = '''\
 import sys

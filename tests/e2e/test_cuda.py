@@ -10,9 +10,9 @@ import os
 import pytest
 import torch
 import torch.nn as nn
+from helpers import line_of
 
 import gradguard
-from helpers import line_of
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 HERE = os.path.abspath(__file__)

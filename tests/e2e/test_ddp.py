@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch.distributed as dist
-
 from helpers import line_of
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

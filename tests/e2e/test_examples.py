@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import line_of
 
 from gradguard._cli.main import main
-from helpers import line_of
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -12,11 +12,11 @@ import xml.etree.ElementTree as ET
 import pytest
 import torch
 import torch.nn as nn
+from helpers import line_of
 
 import gradguard
 from gradguard._core.runtime import runtime
 from gradguard._explain.picture import to_dot
-from helpers import line_of
 
 SVG = "{http://www.w3.org/2000/svg}"
 HERE = os.path.basename(__file__)

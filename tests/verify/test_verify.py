@@ -2,13 +2,12 @@
 tensor is copied at save time, on real training steps (GPT-2 with dropout and AdamW)."""
 from __future__ import annotations
 
-import torch
-
 import pytest
+import torch
+from helpers import line_of
 
 import gradguard
 from gradguard._verify.verify import compare
-from helpers import line_of
 
 transformers = pytest.importorskip("transformers")
 

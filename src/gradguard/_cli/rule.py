@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     if args.list or not args.code:
         print("lint rules (gradguard lint):")
         for code, r in all_rules().items():
-            print(f"  {code}  {r.name:34s} {'on ' if r.default else 'off'}  fix={r.fix_safety:9s} {r.summary}")
+            status = "on " if r.default else "off"
+            print(f"  {code}  {r.name:34s} {status}  fix={r.fix_safety:9s} {r.summary}")
         print("runtime codes (gradguard run / detect / protect):")
         for code, kind in BY_CODE.items():
             print(f"  {code} {kind.slug:36s} {kind.title}")

@@ -21,7 +21,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 from gradguard._cli import launch as _launch
 from gradguard.errors import UsageError
@@ -222,13 +222,14 @@ class RunResult:
     report: str  # the text report as printed (without colour)
 
 
-def rank_info(environ: Optional[dict] = None) -> tuple[Optional[int], Optional[int]]:
+def rank_info(environ: Optional[Mapping[str, str]] = None
+              ) -> tuple[Optional[int], Optional[int]]:
     """(rank, world size) when launched as one of several processes (torchrun sets
     RANK and WORLD_SIZE), else (None, None)."""
-    environ = os.environ if environ is None else environ
+    env = os.environ if environ is None else environ
     try:
-        world = int(environ.get("WORLD_SIZE", "1"))
-        rank = int(environ.get("RANK", "0"))
+        world = int(env.get("WORLD_SIZE", "1"))
+        rank = int(env.get("RANK", "0"))
     except ValueError:
         return None, None
     return (rank, world) if world > 1 else (None, None)

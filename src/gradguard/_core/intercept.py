@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 
 from gradguard._core.patching import Patches
+
 # Bound once: dynamo recognises this function by identity and folds it to True while
 # tracing, so compiled code skips gradguard's bookkeeping (and guards on none of it).
 _is_compiling = torch.compiler.is_compiling
@@ -108,7 +109,7 @@ def _make_wrapper(orig: Callable, op: str, targets: Callable, whole: bool,
 
 
 def _data_setter_wrapper() -> property:
-    stock = torch._C.TensorBase.data
+    stock: Any = torch._C.TensorBase.__dict__["data"]  # the C getset descriptor
     getter = stock.__get__
     setter = stock.__set__
 
@@ -175,7 +176,8 @@ def _plan() -> list[tuple[Any, str, Callable]]:
             continue
         if not callable(getattr(torch, name)) or name.startswith("_sobol"):
             continue
-        targets = _targets_list if name.startswith(("_foreach_", "_fused_", "_amp_foreach")) else _targets_first
+        lists = name.startswith(("_foreach_", "_fused_", "_amp_foreach"))
+        targets = _targets_list if lists else _targets_first
         add(torch, name, f"torch.{name}", targets, name in _METADATA_WRITES)
     vf = torch._VF
     for name in ("dropout_", "feature_dropout_", "alpha_dropout_", "feature_alpha_dropout_",
@@ -260,7 +262,7 @@ def _register_for_torchscript(plan: list[tuple[Any, str, Callable]]) -> None:
     except ImportError:  # pragma: no cover
         return
     table = _builtins._get_builtin_table()
-    for owner, name, wrapper in plan:
+    for _owner, _name, wrapper in plan:
         orig = getattr(wrapper, "__wrapped__", None)
         if orig is not None and id(orig) in table:
             table[id(wrapper)] = table[id(orig)]

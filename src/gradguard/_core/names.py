@@ -13,7 +13,9 @@ import torch
 
 from gradguard._core.registry import byte_range, storage_key
 from gradguard._core.sites import (
-    innermost_user_frame, is_internal_file, user_frames_of_other_threads,
+    innermost_user_frame,
+    is_internal_file,
+    user_frames_of_other_threads,
 )
 
 
@@ -49,7 +51,8 @@ def module_path(t: torch.Tensor) -> tuple[Optional[str], bool]:
     modules = _modules()
     owner = None
     for m in modules:
-        tensors = [(n, p, True) for n, p in m._parameters.items()]
+        tensors: list[tuple[str, Optional[torch.Tensor], bool]] = [
+            (n, p, True) for n, p in m._parameters.items()]
         tensors += [(n, b, False) for n, b in m._buffers.items()]
         for local, p, is_param in tensors:
             if p is None or storage_key(p) != key:

@@ -11,8 +11,8 @@ storage and byte range, never by ``data_ptr()`` equality or version counters alo
 from __future__ import annotations
 
 import threading
-from collections import deque
 import weakref
+from collections import deque
 from typing import Any, Optional
 
 import torch
@@ -78,10 +78,10 @@ def storage_key(t: torch.Tensor) -> Optional[int]:
 def byte_range(t: torch.Tensor) -> tuple[int, int]:
     """[start, end) bytes of its storage that ``t`` can address."""
     item = t.element_size()
-    start = t.storage_offset() * item
+    start = int(t.storage_offset()) * item
     if t.numel() == 0:
         return start, start
-    extent = 1 + sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride()))
+    extent = 1 + sum((int(s) - 1) * abs(int(st)) for s, st in zip(t.shape, t.stride()))
     return start, start + extent * item
 
 

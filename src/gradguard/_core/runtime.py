@@ -15,7 +15,12 @@ import torch
 
 from gradguard._core import intercept, patching, sites
 from gradguard._core.registry import (
-    Registry, SavedRecord, WriteRecord, byte_range, overlaps, storage_key,
+    Registry,
+    SavedRecord,
+    WriteRecord,
+    byte_range,
+    overlaps,
+    storage_key,
 )
 from gradguard._core.session import GradguardHooks, Session
 

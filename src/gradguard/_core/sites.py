@@ -11,8 +11,8 @@ import linecache
 import os
 import sys
 import threading
-from types import CodeType
-from typing import Tuple
+from types import CodeType, FrameType
+from typing import Optional, Tuple
 
 import torch
 
@@ -71,9 +71,9 @@ def capture(skip: int = 1, limit: int = MAX_STACK) -> Tuple[RawStack, Tuple[Code
     """User frames (outside torch and gradguard), innermost first, and the torch/gradguard
     code between them and the capture point (e.g. an optimizer's ``step``), which says
     *how* the user's line reached the write or the save."""
-    frame = sys._getframe(skip)
-    frames = []
-    inner = []
+    frame: Optional[FrameType] = sys._getframe(skip)
+    frames: list[tuple[CodeType, int]] = []
+    inner: list[CodeType] = []
     internal = _internal_code
     budget = MAX_WALK
     while frame is not None and budget:

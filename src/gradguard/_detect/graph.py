@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 
 from gradguard._explain.picture import (
-    MAX_NEIGHBOURS, GraphBuilder, saver_detail, tensor_node, write_node, HIGHLIGHT,
+    HIGHLIGHT,
+    MAX_NEIGHBOURS,
+    GraphBuilder,
+    saver_detail,
+    tensor_node,
+    write_node,
 )
 from gradguard._findings.model import Conflict, TensorInfo
 from gradguard._findings.nodes import forward_op
@@ -39,7 +44,7 @@ class _CaptureBuilder(GraphBuilder):
                                                 role not in HIGHLIGHT else role)
         return nid
 
-    def group(self, fns: Sequence[Any], role: str, link) -> None:  # type: ignore[no-untyped-def]
+    def group(self, fns: Sequence[Any], role: str, link: Callable[[str], None]) -> None:
         """Add up to MAX_NEIGHBOURS autograd nodes, each linked by ``link(id)``."""
         for fn in fns[:MAX_NEIGHBOURS]:
             link(self.autograd(fn, role))

@@ -29,7 +29,8 @@ from gradguard._core.registry import SavedRecord, WriteRecord, byte_range
 from gradguard._core.runtime import new_record, runtime
 from gradguard._core.session import Session
 from gradguard._detect.graph import capture as capture_graph
-from gradguard._findings.kinds import Facts, kind as catalogue_kind
+from gradguard._findings.kinds import Facts
+from gradguard._findings.kinds import kind as catalogue_kind
 from gradguard._findings.model import Conflict, Mutation, SavedBy, TensorInfo
 from gradguard._findings.nodes import forward_op
 from gradguard.errors import InplaceConflictError, InplaceConflictWarning
@@ -57,7 +58,7 @@ def _fingerprint(t: torch.Tensor) -> int:
         flat = flat.contiguous().reshape(-1)
         if flat.dtype is torch.bool:
             flat = flat.to(torch.uint8)
-        return zlib.crc32(flat.view(torch.uint8).numpy())
+        return zlib.crc32(flat.view(torch.uint8).numpy().tobytes())
 
 
 class DetectSession(Session):
@@ -355,7 +356,8 @@ class DetectSession(Session):
                 break
         if node is None or not hasattr(node, "__dict__"):
             return
-        found = []  # (attribute, index in a tuple/list attribute or None, tensor)
+        # (attribute, index in a tuple/list attribute or None, tensor)
+        found: list[tuple[str, Optional[int], torch.Tensor]] = []
         for attr, value in list(vars(node).items()):
             if isinstance(value, torch.Tensor):
                 found.append((attr, None, value))

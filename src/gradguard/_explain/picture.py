@@ -23,12 +23,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional, Sequence
 from xml.sax.saxutils import escape
 
-from gradguard._findings.model import Conflict, Frame, TensorInfo
+from gradguard._findings.model import Conflict, Frame
 
 MAX_NEIGHBOURS = 6  # per group (inputs, consumers, readers); the rest become "... N more"
 

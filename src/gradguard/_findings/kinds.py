@@ -12,7 +12,7 @@ generator read this without importing torch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from gradguard._findings import fixes
 
@@ -55,7 +55,7 @@ class Example:
 
     source: str
     fixed: str
-    options: dict = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
     raises: Optional[str] = None  # exception class name the buggy program ends with
 
 

@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 from gradguard._findings.kinds import CATALOGUE
 
+
 @dataclass(frozen=True)
 class Frame:
     """One source frame: absolute file path, line, function and the stripped source line."""
@@ -107,7 +108,7 @@ class Conflict:
     def title(self) -> str:
         return CATALOGUE[self.kind].title
 
-    def dedup_key(self) -> tuple:
+    def dedup_key(self) -> tuple[Any, ...]:
         w = self.write.site if self.write else None
         s = self.saved.site if self.saved else None
         return (

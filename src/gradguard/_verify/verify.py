@@ -31,9 +31,9 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
+from gradguard._core.snapshot import snapshot_saved_tensors
 from gradguard._detect.session import DetectSession
 from gradguard._findings.model import Conflict
-from gradguard._core.snapshot import snapshot_saved_tensors
 from gradguard.errors import InplaceConflictError
 
 __all__ = ["verify", "VerifyResult", "GradDifference"]
@@ -158,6 +158,7 @@ def _default_params(found: _Found) -> list[tuple[str, torch.Tensor]]:
 
 
 def _explicit_params(params: Any) -> list[tuple[str, torch.Tensor]]:
+    items: list[tuple[str, torch.Tensor]]
     if isinstance(params, nn.Module):
         items = list(params.named_parameters())
     elif isinstance(params, torch.Tensor):
@@ -291,6 +292,7 @@ def compare(name: str, normal: Optional[torch.Tensor], reference: Optional[torch
         return None
     if normal is None or reference is None or normal.shape != reference.shape:
         t = normal if reference is None else reference
+        assert t is not None
         note = ("no gradient in the normal run" if normal is None else
                 "no gradient in the reference run" if reference is None else
                 f"shape {tuple(normal.shape)} vs {tuple(reference.shape)} in the reference")
