@@ -6,7 +6,7 @@ freed (backward without ``retain_graph``, or the graph going out of scope). The 
 itself only holds weak references, so it never keeps a tensor alive.
 
 Writes look up the records that share the written storage; aliasing is decided by
-storage and byte range, never by ``data_ptr()`` equality or version counters alone.
+storage identity and byte range, never by ``data_ptr()`` equality or version counters.
 """
 from __future__ import annotations
 
@@ -67,12 +67,18 @@ class SavedRecord:
 
 
 def storage_key(t: torch.Tensor) -> Optional[int]:
-    """Identity of the storage under ``t`` (its base address), or None when it has none."""
+    """Identity of the storage under ``t``, or None when it has no single dense one.
+
+    The identity of the StorageImpl object, not the address of its bytes: a storage
+    resized to 0 and re-materialised (FSDP) keeps it, and a new allocation landing on the
+    bytes a freed storage had gets another. A record holds its tensor, and so its
+    storage, alive: the identity cannot be reused while a record needs it."""
+    if t.layout is not torch.strided or t.is_nested:
+        return None  # sparse, nested, mkldnn: no byte ranges to compare
     try:
-        ptr = t.untyped_storage().data_ptr()
-    except (RuntimeError, NotImplementedError, TypeError):
-        return None  # sparse, nested, meta-less subclasses: no single storage
-    return ptr or None
+        return int(t.untyped_storage()._cdata)
+    except (RuntimeError, NotImplementedError, TypeError, AttributeError):
+        return None  # functional/fake tensors, subclasses without storage
 
 
 def byte_range(t: torch.Tensor) -> tuple[int, int]:

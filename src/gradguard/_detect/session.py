@@ -103,8 +103,9 @@ class DetectSession(Session):
         if parent is None:
             self._note_existing_hooks()
         self.protector = self if self.repairs else getattr(parent, "protector", None)
-        # Copy-on-write must see every write first; else only `when="write"` needs them.
-        self._watcher = self.protector or (self if self.eager else None)
+        # Copy-on-write must see every write first (it keeps the bytes); else this session
+        # watches, to keep evidence of the saved bytes before the first overlapping write.
+        self._watcher = self.protector or self
 
     def on_exit(self) -> None:
         self.protector = None
@@ -176,13 +177,25 @@ class DetectSession(Session):
                 if kept is not t:  # copy-on-write kept the saved bytes: backward gets them
                     self._repaired(rec)
                 return kept
-        moved = t._version != rec.version
-        hits = [w for w, hit in rec.writes or () if hit]
-        if moved or hits:
-            self.confirm(rec)
-        elif rec.checksum is not None and _fingerprint(t) != rec.checksum:
-            self.confirm(rec, outside=True)
+        damage = self._damage(rec, t)
+        if damage is not None:
+            self.confirm(rec, outside=damage == "outside")
         return t
+
+    @staticmethod
+    def _damage(rec: SavedRecord, t: torch.Tensor) -> Optional[str]:
+        """"version" when the version moved (stock PyTorch rejects it), "bytes" when
+        intercepted writes changed the saved bytes without moving it, "outside" when the
+        bytes changed with no intercepted write (``checksum=True``), else None. Writes
+        that restored the bytes exactly (gradcheck, EMA store/restore, FSDP re-gathering
+        the same values) leave no damage: bytes, not writes, decide."""
+        if t._version != rec.version:
+            return "version"
+        if rec.checksum is None:
+            return None
+        if _fingerprint(t) == rec.checksum:
+            return None
+        return "bytes" if any(hit for _, hit in rec.writes or ()) else "outside"
 
     def _repaired(self, rec: SavedRecord) -> None:
         """Report a conflict copy-on-write repaired: once per write site and save site."""
@@ -194,12 +207,28 @@ class DetectSession(Session):
             self._repairs_seen.add(key)
         self.confirm(rec, repaired=True)
 
-    # -- writes (when="write") ----------------------------------------------------------
+    # -- writes: evidence of the saved bytes, and when="write" ---------------------------
     def before_writes(self, write: WriteRecord, records: Sequence[SavedRecord]) -> Any:
-        for rec in records:
-            if rec.writes and rec.writes[-1][1] and rec.owner is self:
+        hit = [rec for rec in records if rec.writes and rec.writes[-1][1]]
+        for rec in hit:
+            if self.eager and rec.owner is self:
                 self.confirm(rec, pending=write)
-        return None
+            if rec.checksum is None and rec.tensor._version == rec.version:
+                # The saved bytes, before the first write that may change them.
+                rec.checksum = _fingerprint(rec.tensor)
+        return hit
+
+    def after_writes(self, token: Any) -> None:
+        for rec in token:
+            timeline = rec.extra
+            if timeline is None:
+                timeline = rec.extra = _Timeline()
+            index = len(rec.writes) - 1 if rec.writes else 0
+            timeline.versions.append((index, rec.tensor._version))
+            if (timeline.first_change is None and rec.checksum is not None
+                    and rec.tensor._version == rec.version
+                    and _fingerprint(rec.tensor) != rec.checksum):
+                timeline.first_change = index
 
     # -- confirming and delivering conflicts ---------------------------------------------
     def confirm(self, rec: SavedRecord, *, pending: Optional[WriteRecord] = None,
@@ -214,7 +243,9 @@ class DetectSession(Session):
             node_name = type(node).__name__ if node is not None else None
         writes = [pending] if pending is not None else [w for w, _ in rec.writes or ()]
         hits = [w for w, hit in rec.writes or () if hit] if pending is None else [pending]
-        write = hits[-1] if hits else (writes[-1] if writes else None)
+        write = self._culprit(rec, hits, moved) if pending is None else pending
+        if write is None and writes:
+            write = writes[-1]
         if rec.kind == "saved" and sites.called_through(rec.inner, _CHECKPOINT_PATH):
             # Non-reentrant checkpoint saves its inputs to recompute from them: a write
             # through `.data` there silently changes the recomputed forward.
@@ -269,7 +300,8 @@ class DetectSession(Session):
         entry = catalogue_kind(kind)
         conflict = Conflict(kind=kind, write=mutation, saved=saved, tensor=tensor,
                             overlap=overlap, aliasing=aliasing, fix=entry.fix(facts),
-                            detail=entry.detail(facts), repaired=repaired)
+                            detail=entry.detail(facts), repaired=repaired,
+                            writes=self._timeline(rec, hits, write) if pending is None else [])
         # The picture's neighbourhood, as names only (no tensors, no nodes kept).
         conflict.graph = capture_graph(node, rec, conflict)
         # A moved version is what stock PyTorch rejects (it checks everything saved, but
@@ -277,6 +309,40 @@ class DetectSession(Session):
         fatal = moved and pending is None and rec.kind != "ctx" and not repaired
         self._deliver(conflict, fatal=fatal, stock_line=self._stock_line(t, rec, node_name)
                       if fatal else None)
+
+    def _timeline(self, rec: SavedRecord, hits: list[WriteRecord],
+                  named: Optional[WriteRecord]) -> list[Mutation]:
+        """Every write that overlapped the saved bytes, in order, when there was more
+        than one (the report's WRITES section)."""
+        if len(hits) < 2:
+            return []
+        versions = {}
+        timeline = rec.extra if isinstance(rec.extra, _Timeline) else None
+        if timeline is not None and rec.writes:
+            versions = {id(rec.writes[i][0]): v for i, v in timeline.versions}
+        out = []
+        for w in hits:
+            site = sites.resolve(w.stack[:1])
+            note = f"version {versions[id(w)]} after it" if id(w) in versions else ""
+            if w is named:
+                note = (note + "; " if note else "") + "the write this report names"
+            out.append(Mutation(op=w.op, stack=site, note=note or None))
+        return out
+
+    @staticmethod
+    def _culprit(rec: SavedRecord, hits: list[WriteRecord], moved: bool) -> Optional[WriteRecord]:
+        """The write to name: the first that changed the saved bytes (silent case), or the
+        first that moved the version (what PyTorch complains about), else the first that
+        overlapped them."""
+        timeline = rec.extra if isinstance(rec.extra, _Timeline) else None
+        if timeline is not None and rec.writes:
+            if not moved and timeline.first_change is not None:
+                return rec.writes[timeline.first_change][0]
+            if moved:
+                for index, version in timeline.versions:
+                    if version != rec.version:
+                        return rec.writes[index][0]
+        return hits[0] if hits else None
 
     @staticmethod
     def _stock_line(t: torch.Tensor, rec: SavedRecord, node_name: Optional[str]) -> str:
@@ -381,7 +447,7 @@ class DetectSession(Session):
                     if kept is not t:
                         _put_back(node_ref(), attr, i, kept)  # protect(): the kept copy
                         rec.owner._repaired(rec)
-                elif t._version != rec.version or any(hit for _, hit in rec.writes or ()):
+                elif rec.owner._damage(rec, t) is not None:
                     rec.owner.confirm(rec, node_name=node_name)
 
         node.register_prehook(check_ctx)
@@ -405,6 +471,18 @@ class DetectSession(Session):
         with self._lock:
             if text not in self.coverage_gaps:
                 self.coverage_gaps.append(text)
+
+
+class _Timeline:
+    """detect()'s own per-record state (``record.extra``): the version after each
+    overlapping write (by index into ``record.writes``), and the first write after which
+    the saved bytes differed from what was saved."""
+
+    __slots__ = ("versions", "first_change")
+
+    def __init__(self) -> None:
+        self.versions: list[tuple[int, int]] = []
+        self.first_change: Optional[int] = None
 
 
 def _put_back(node: Any, attr: str, index: Optional[int], value: torch.Tensor) -> None:

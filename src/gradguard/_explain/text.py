@@ -44,6 +44,15 @@ def render_conflict(c: Conflict, color: bool = False) -> str:
         out.append("")
         out.append(f"{bold}WRITE{reset} {c.write.op}" + (f"  ({', '.join(extra)})" if extra else ""))
         out.extend(_frames(c.write.stack))
+    if len(c.writes) > 1:
+        out.append("")
+        out.append(f"{bold}WRITES{reset} {len(c.writes)} writes overlapped the saved bytes, in order:")
+        for i, w in enumerate(c.writes, 1):
+            site = w.site
+            where = f"{site.file}:{site.line} in {site.function}" if site else "<unknown>"
+            out.append(f"    {i}. {w.op} at {where}" + (f"  ({w.note})" if w.note else ""))
+            if site is not None and site.source:
+                out.append(f"         {site.source}")
     if c.saved is not None:
         out.append("")
         by = c.saved.op or "?"

@@ -32,6 +32,7 @@ class Mutation:
     stack: list[Frame] = field(default_factory=list)
     via: Optional[str] = None  # e.g. "torch.optim" when an optimizer step did the write
     alias: Optional[str] = None  # e.g. ".data" when the write went through a .data alias
+    note: Optional[str] = None  # in a write timeline: e.g. "version 2 after it"
 
     @property
     def site(self) -> Optional[Frame]:
@@ -96,6 +97,8 @@ class Conflict:
     fix: str = ""
     detail: str = ""  # what happened, one sentence; e.g. the PyTorch error it explains
     repaired: bool = False
+    # Every write that overlapped the saved bytes, in order, when there was more than one.
+    writes: list[Mutation] = field(default_factory=list)
     # The autograd graph around the conflict, as plain strings (see gradguard._explain.picture);
     # captured when backward confirms it, None otherwise. Not part of to_dict().
     graph: Optional[dict[str, Any]] = field(default=None, repr=False, compare=False)
@@ -144,6 +147,7 @@ class Conflict:
             "fix": self.fix,
             "detail": self.detail,
             "repaired": self.repaired,
+            "writes": [{"op": w.op, "note": w.note, **_site(w.stack)} for w in self.writes],
         }
 
     @classmethod
@@ -161,6 +165,8 @@ class Conflict:
             fix=d.get("fix") or "",
             detail=d.get("detail") or "",
             repaired=bool(d.get("repaired")),
+            writes=[Mutation(op=w.get("op") or "?", stack=_stack(w), note=w.get("note"))
+                    for w in d.get("writes") or ()],
         )
 
 

@@ -89,7 +89,7 @@ class ProtectSession(DetectSession):
                 kept = rec.extra = _Kept(rec.version)
             if rec.tensor._version != kept.expected:
                 kept.tainted = True  # changed by a write we did not see
-            elif rec.writes and rec.writes[-1][1] and kept.copy is None:
+            elif rec.writes and rec.writes[-1][1] and kept.copy is None and _has_bytes(rec.tensor):
                 to_copy.append(rec)
         copied = _copy_before_write(to_copy, write, self) if to_copy else []
         return records, copied
@@ -204,6 +204,12 @@ def _copy_before_write(records: list[SavedRecord], write: WriteRecord,
             protector.account_copy(rec, write, nbytes)
             done.append((rec, nbytes))
     return done
+
+
+def _has_bytes(t: torch.Tensor) -> bool:
+    """Whether the storage still holds every byte ``t`` addresses: FSDP frees a storage by
+    resizing it to 0 while views of it stay saved; there is nothing to copy from then."""
+    return t.untyped_storage().nbytes() >= byte_range(t)[1]
 
 
 def _view_of_copied_base(bases: list, t: torch.Tensor, start: int, end: int
