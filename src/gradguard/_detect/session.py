@@ -108,6 +108,9 @@ class DetectSession:
         # The protect session that repairs what this session saves (itself, for protect()).
         self.protector: Any = None
         self._repairs_seen: set = set()
+        # Called with each conflict newly recorded here (after deduplication) that does not
+        # stop the program (`gradguard run` streams its SUMMARY line).
+        self.listeners: list[Callable[[Conflict], Any]] = []
 
     repairs = False  # copy-on-write; True for `gradguard.protect()` sessions
 
@@ -349,20 +352,24 @@ class DetectSession:
             f"{rec.version} instead."
         )
 
-    def _record(self, conflict: Conflict) -> None:
-        """Add to this session and every enclosing one, once per write and save site."""
+    def _record(self, conflict: Conflict) -> list["DetectSession"]:
+        """Add to this session and every enclosing one, once per write and save site;
+        return the sessions it was new to."""
         key = conflict.dedup_key()
         session: Optional[DetectSession] = self
+        new = []
         while session is not None:
             with session._lock:
                 if key not in session._seen:
                     session._seen.add(key)
                     session.conflicts.append(conflict)
+                    new.append(session)
             session = session._parent
+        return new
 
     def _deliver(self, conflict: Conflict, *, fatal: bool = False,
                  stock_line: Optional[str] = None) -> None:
-        self._record(conflict)
+        new_to = self._record(conflict)
         if fatal or (self.on_conflict == "raise" and not conflict.repaired):
             from gradguard._explain.text import render_text
 
@@ -378,6 +385,8 @@ class DetectSession:
                 warnings.warn(message, InplaceConflictWarning, stacklevel=2)
             else:  # attribute the warning to the user's line, not to gradguard's
                 warnings.warn_explicit(message, InplaceConflictWarning, site.file, site.line)
+        for listener in [f for session in new_to for f in session.listeners]:
+            listener(conflict)
 
     # -- PyTorch's own in-place errors, explained ----------------------------------------
     def explain_write_error(self, kind: str, op: str, exc: BaseException, args: tuple) -> None:
