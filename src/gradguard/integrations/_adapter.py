@@ -62,3 +62,16 @@ class SessionAdapter:
             with open(os.fspath(self.json), "w", encoding="utf-8") as f:
                 _json.dump(session.to_dict(), f, indent=2)
                 f.write("\n")
+
+
+def lazy_class(namespace: dict[str, Any], name: str, build: Any) -> Any:
+    """A module ``__getattr__`` that builds ``name`` (a class over a framework's base) on
+    first access, so importing the module does not import the framework."""
+
+    def __getattr__(attr: str) -> Any:
+        if attr == name:
+            namespace[name] = build()
+            return namespace[name]
+        raise AttributeError(f"module {namespace['__name__']!r} has no attribute {attr!r}")
+
+    return __getattr__

@@ -18,6 +18,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from gradguard.integrations._adapter import lazy_class
+
 __all__ = ["GradguardCallback"]
 
 
@@ -59,9 +61,4 @@ def _build() -> type:
     return GradguardCallback
 
 
-def __getattr__(name: str) -> Any:
-    if name == "GradguardCallback":
-        cls = _build()
-        globals()[name] = cls
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_class(globals(), "GradguardCallback", _build)
