@@ -20,7 +20,7 @@ from typing import Any
 
 from gradguard.integrations._adapter import lazy_class
 
-__all__ = ["GradguardCallback"]
+__all__ = ["GradguardCallback"]  # noqa: F822 - built on first access (__getattr__)
 
 
 def _bases() -> tuple[type, ...]:
