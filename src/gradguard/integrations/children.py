@@ -95,6 +95,8 @@ class Child:
         self.gaps: list[str] = []
 
     def arm(self) -> None:
+        if not os.path.isdir(self.dir):
+            return  # the run that exported it has ended (a child outliving it): stand down
         _write_json(os.path.join(self.dir, f"{self.pid}.start"), {"pid": self.pid,
                                                                    "argv": _cmdline()})
         watch_launches(self.dir)
@@ -201,6 +203,7 @@ class _TorchImportHook:
 
             def exec_module(self, module: Any) -> None:
                 exec_module(module)
+                module.__loader__ = module.__spec__.loader = loader  # torch's own again
                 child.unhook()
                 child.on_torch()
 
