@@ -96,6 +96,8 @@ def test_children_are_checked_and_the_ones_that_cannot_be_are_named(tmp_path):
     assert "-S -c pass) ran without gradguard's start hook" in gaps[0] or \
            "-S -c pass) ran without gradguard's start hook" in gaps[1]
     assert any("os._exit(0)) started under gradguard but wrote no report" in g for g in gaps)
+    assert "gradguard: no in-place conflicts found in this process" in err
+    assert "gradguard: no in-place conflicts found" not in err  # children could not be checked
     assert err[-1] == "gradguard: 2 child processes checked; 2 conflicts in all (2 in child processes)"
     assert data["conflicts"] == [] and len(data["coverage_gaps"]) == 2
     assert (tmp_path / f"report.pid{pid}.json").exists()  # each child's own JSON, too

@@ -395,13 +395,14 @@ def execute(options: RunOptions, target: _launch.Target,
                 stderr.write(_child_report(kid) + "\n")
             extra = "".join(f"\n{prefix}{line}" for line in session.trailer_lines())
             report = render_run(session.conflicts, session.coverage_gaps, prefix=prefix) + extra
-            if kids:
+            family_wide = bool(kids or gaps)  # children ran: say what was checked
+            if family_wide:
                 report = _with_tally(report, session, kids, prefix)
             if _use_color(options.color, stderr):
                 colored = render_run(session.conflicts, session.coverage_gaps,
                                      prefix=prefix, color=True) + extra
-                stderr.write((_with_tally(colored, session, kids, prefix) if kids else colored)
-                             + "\n")
+                stderr.write((_with_tally(colored, session, kids, prefix) if family_wide
+                              else colored) + "\n")
             else:
                 stderr.write(report + "\n")
             stderr.flush()
@@ -434,8 +435,9 @@ def _with_tally(report: str, session: Any, kids: Sequence[dict[str, Any]], prefi
     """This process's report, then one line over the whole family of processes."""
     found = sum(len(k["report"]["conflicts"]) for k in kids)
     mine = len(session.conflicts)
-    if not mine and not session.coverage_gaps:
-        report = f"{prefix}gradguard: no in-place conflicts found in this process"
+    clean = f"{prefix}gradguard: no in-place conflicts found"
+    if not mine and report.startswith(clean):
+        report = report.replace(clean, f"{clean} in this process", 1)
     total = mine + found
     return (f"{report}\n{prefix}gradguard: {len(kids)} child process"
             f"{'es' if len(kids) != 1 else ''} checked; {total} conflict"
