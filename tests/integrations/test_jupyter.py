@@ -75,7 +75,8 @@ def gradguard_outputs(outputs):
 
 def test_notebook_cells_show_the_report_under_the_buggy_cells_only(kernel_env, tmp_path):
     cells = ["%load_ext gradguard", CLEAN, SILENT, FATAL, "%gradguard off", SILENT,
-             "%%gradguard\n" + SILENT, "%gradguard on", CLEAN, "%gradguard protect", FATAL]
+             "%%gradguard\n" + SILENT, "%gradguard on", CLEAN, "%gradguard protect", FATAL,
+             "%gradguard sometimes"]
     out = run_notebook(cells, kernel_env, str(tmp_path))
     # clean cells, and the switches: nothing from gradguard
     assert out[0] == [] and out[4] == [] and out[7] == [] and out[9] == []
@@ -114,6 +115,10 @@ def test_notebook_cells_show_the_report_under_the_buggy_cells_only(kernel_env, t
     (repaired,) = gradguard_outputs(out[10])
     assert len(out[10]) == 1
     assert "repaired: gradguard.protect kept the saved bytes" in repaired.data["text/plain"]
+
+    # bad input: IPython's one-line usage error, no traceback
+    assert [(o.output_type, o.get("text")) for o in out[11]] == [
+        ("stream", "UsageError: %gradguard: expected one of off, on, protect, not 'sometimes'\n")]
 
 
 def test_terminal_ipython_prints_the_text_report(tmp_path):

@@ -159,6 +159,8 @@ def test_bad_arguments_fail_at_construction():
         GradguardCallback(mode="fix")
     with pytest.raises(ValueError, match="on_conflict must be"):
         GradguardCallback(on_conflict="ignore")
+    with pytest.raises(ValueError, match="no such directory"):
+        GradguardCallback(json="/nonexistent/dir/report.json")
 
 
 def test_both_lightning_packages_accept_the_callback():

@@ -27,6 +27,10 @@ class SessionAdapter:
                              f"not {on_conflict!r}")
         if json is not None and not isinstance(json, (str, os.PathLike)):
             raise TypeError(f"json must be a file path, not {type(json).__name__}")
+        if json is not None and not os.path.isdir(os.path.dirname(os.path.abspath(json))):
+            # fail now, not after a long run
+            raise ValueError(f"cannot write the JSON report to {os.fspath(json)!r}: "
+                             "no such directory")
         self.mode, self.on_conflict, self.json = mode, on_conflict, json
         self.checksum = checksum
         self.stream = stream
