@@ -75,3 +75,16 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return __all__
+
+
+def load_ipython_extension(shell: Any) -> None:
+    """``%load_ext gradguard``: see `gradguard.integrations.ipython`."""
+    from gradguard.integrations.ipython import load_ipython_extension as load
+
+    load(shell)
+
+
+def unload_ipython_extension(shell: Any) -> None:
+    from gradguard.integrations.ipython import unload_ipython_extension as unload
+
+    unload(shell)

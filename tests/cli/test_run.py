@@ -136,10 +136,11 @@ def test_silent_conflict_is_reported_at_exit_and_the_script_runs_on(tmp_path, ca
     assert gg(str(script), "bug", "0") == 1
     out, err = capsys.readouterr()
     assert out == ""  # exit(0) before the print: sys.exit ends the script, not gradguard
-    lines = err.splitlines()
+    summary = f"SUMMARY: gradguard: saved-tensor-mutated {script}:{write_line} in step (Tensor.mul_)"
+    streamed, *lines = err.splitlines()
+    assert streamed == summary  # printed when the conflict was found, the report at exit
     assert lines[0] == "==== gradguard: saved-tensor-mutated [GGR101]"
-    assert lines[-1] == (f"SUMMARY: gradguard: saved-tensor-mutated {script}:{write_line} "
-                         "in step (Tensor.mul_)")
+    assert lines[-1] == summary
     sections = [line.split()[0] for line in lines if line[:1].isupper()]
     assert sections == ["TanhBackward0", "WRITE", "SAVED", "TENSOR", "ALIASING", "FIX",
                         "SUMMARY:"]
@@ -155,8 +156,9 @@ def test_silent_conflict_is_reported_at_exit_and_the_script_runs_on(tmp_path, ca
 def test_color_always(tmp_path, capsys):
     script = write(tmp_path, "silent.py", SILENT)
     assert gg("--color", "always", str(script), "bug", "0") == 1
-    err = capsys.readouterr().err
-    assert err.startswith("\x1b[31m\x1b[1m==== gradguard: saved-tensor-mutated [GGR101]\x1b[0m")
+    streamed, report = capsys.readouterr().err.split("\n", 1)
+    assert streamed.startswith("\x1b[2mSUMMARY: gradguard: ") and streamed.endswith("\x1b[0m")
+    assert report.startswith("\x1b[31m\x1b[1m==== gradguard: saved-tensor-mutated [GGR101]\x1b[0m")
 
 
 def test_fatal_conflict_keeps_the_scripts_traceback_then_reports_once(tmp_path, capsys):
@@ -261,7 +263,8 @@ def test_under_torchrun_env_every_line_is_prefixed_and_json_is_per_rank(
     assert gg("--json", str(tmp_path / "report.json"), str(script), "bug", "0") == 1
     err = capsys.readouterr().err
     assert all(line.startswith("[rank1]") for line in err.splitlines())
-    assert err.splitlines()[0] == "[rank1] ==== gradguard: saved-tensor-mutated [GGR101]"
+    assert err.splitlines()[0].startswith("[rank1] SUMMARY: gradguard: saved-tensor-mutated ")
+    assert err.splitlines()[1] == "[rank1] ==== gradguard: saved-tensor-mutated [GGR101]"
     assert not (tmp_path / "report.json").exists()
     data = json.loads((tmp_path / "report.rank1.json").read_text())
     assert (data["run"]["rank"], data["run"]["world_size"]) == (1, 2)

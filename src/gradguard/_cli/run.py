@@ -119,6 +119,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("color", _choice("auto", "always", "never"), "auto",
            "colour the report (default auto: only on a terminal, and not with NO_COLOR)",
            "{auto,always,never}"),
+    Option("quiet", _bool, False, "print only the report at exit, not each conflict's "
+           "SUMMARY line as it is found (on_conflict=record)"),
 )
 _BY_NAME = {o.name: o for o in OPTIONS}
 _BY_FLAG = {o.flag: o for o in OPTIONS}
@@ -213,6 +215,7 @@ class RunOptions:
     max_stack: int = 8
     exit_code: int = 1
     color: str = "auto"
+    quiet: bool = False
 
 
 @dataclass
@@ -280,6 +283,20 @@ def start_session(options: RunOptions) -> "DetectSession":
                          checksum=options.checksum, max_stack=options.max_stack)
 
 
+def stream_summaries(session: Any, options: RunOptions, stream: Any, prefix: str = "") -> None:
+    """In record mode (unless ``quiet``), print each new conflict's SUMMARY line as soon
+    as it is confirmed; the full report still comes at exit."""
+    if options.on_conflict != "record" or options.quiet:
+        return
+    dim, reset = ("\033[2m", "\033[0m") if _use_color(options.color, stream) else ("", "")
+
+    def summary_line(conflict: Any) -> None:
+        stream.write(f"{prefix}{dim}SUMMARY: gradguard: {conflict.summary()}{reset}\n")
+        stream.flush()
+
+    session.listeners.append(summary_line)
+
+
 def unrepaired(session: Any) -> list:
     """The conflicts that count for the exit code: protect's repairs do not."""
     return [c for c in session.conflicts if not c.repaired]
@@ -315,10 +332,16 @@ def _launcher_boundaries() -> None:
     sites.mark_internal(codes[-1], stop=True)
 
 
-def write_outputs(session: Any, paths: dict[str, str], run: dict[str, Any]) -> None:
-    """Write the report files: ``paths`` maps "json", "graph", "html" to where."""
+def write_outputs(session: Any, paths: dict[str, str], run: dict[str, Any],
+                  children: Sequence[dict[str, Any]] = ()) -> None:
+    """Write the report files: ``paths`` maps "json", "graph", "html" to where. The JSON
+    gets a "children" list when child processes were checked (each: pid, rank, argv and
+    its own report)."""
     if "json" in paths:
-        data = session.to_dict(run=run)  # a protect session's includes its "protect" block
+        kids = [{k: kid.get(k) for k in ("pid", "rank", "world_size", "argv", "exit_code",
+                                         "report")} for kid in children]
+        # a protect session's report includes its "protect" block
+        data = session.to_dict(run=run, children=kids or None)
         with open(paths["json"], "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2)
             f.write("\n")
@@ -332,7 +355,12 @@ def write_outputs(session: Any, paths: dict[str, str], run: dict[str, Any]) -> N
 
 def execute(options: RunOptions, target: _launch.Target,
             stderr: Any = None) -> RunResult:
-    """Run ``target`` under the sanitizer, print the report, write the outputs."""
+    """Run ``target`` under the sanitizer, print the report, write the outputs. Python
+    child processes get sessions of their own (`gradguard.integrations.children`): their
+    reports are merged into this one."""
+    from gradguard.integrations import children as _children
+
+    outer = _children.claim()  # first: before torch is imported here
     from gradguard._explain.text import render_run
 
     stderr = sys.stderr if stderr is None else stderr
@@ -345,36 +373,75 @@ def execute(options: RunOptions, target: _launch.Target,
                                "html": "the HTML report"}[key])
     _launcher_boundaries()
     session = start_session(options)
+    prefix = f"[rank{rank}] " if rank is not None else ""
+    stream_summaries(session, options, stderr, prefix)
+    family = _children.Family(options, outer)
     compiled_before = _compiled_graphs()
     pid = os.getpid()
     code = 1
     try:
-        with session:
+        with family, session:
             code = target.run()
     finally:
         if os.getpid() == pid:  # not in a forked child that unwound through here
             _note_compiled_regions(session, compiled_before)
-            if code == 0 and unrepaired(session):
+            kids, gaps = family.collect()
+            session.coverage_gaps.extend(gaps)
+            if code == 0 and (unrepaired(session) or any(k.get("unrepaired") for k in kids)):
                 code = options.exit_code
-            prefix = f"[rank{rank}] " if rank is not None else ""
             sys.stdout.flush()
+            for kid in kids:
+                stderr.write(_child_report(kid) + "\n")
             extra = "".join(f"\n{prefix}{line}" for line in session.trailer_lines())
             report = render_run(session.conflicts, session.coverage_gaps, prefix=prefix) + extra
+            family_wide = bool(kids or gaps)  # children ran: say what was checked
+            if family_wide:
+                report = _with_tally(report, session, kids, prefix)
             if _use_color(options.color, stderr):
-                stderr.write(render_run(session.conflicts, session.coverage_gaps,
-                                        prefix=prefix, color=True) + extra + "\n")
+                colored = render_run(session.conflicts, session.coverage_gaps,
+                                     prefix=prefix, color=True) + extra
+                stderr.write((_with_tally(colored, session, kids, prefix) if family_wide
+                              else colored) + "\n")
             else:
                 stderr.write(report + "\n")
             stderr.flush()
+            if outer is not None:  # this run is itself a child: report to the outer run
+                outer.write_report(session, printed=True, exit_code=code)
             run = {"target": target.label, "file": target.path, "args": target.args,
                    "exit_code": code, "rank": rank, "world_size": world}
             try:
-                write_outputs(session, paths, run)
+                write_outputs(session, paths, run, kids)
             except OSError as exc:
                 stderr.write(f"gradguard: error: cannot write '{exc.filename}': "
                              f"{exc.strerror or exc}\n")
                 code = code or 2
     return RunResult(code, session, report)
+
+
+def _child_report(kid: dict[str, Any]) -> str:
+    """A child's report, each line prefixed ``[rankN]`` (torchrun) or ``[pidN]``; only its
+    SUMMARY lines if it printed its report itself (a child that is ``gradguard run``)."""
+    from gradguard.integrations.children import label_of
+
+    prefix = f"[{label_of(kid['rank'], kid['pid'])}] "
+    lines = kid.get("text", "").split("\n")
+    if kid.get("printed"):
+        lines = [line for line in lines if line.startswith("SUMMARY: ")] or lines[:1]
+    return "\n".join(f"{prefix}{line}" if line else prefix.rstrip() for line in lines)
+
+
+def _with_tally(report: str, session: Any, kids: Sequence[dict[str, Any]], prefix: str) -> str:
+    """This process's report, then one line over the whole family of processes."""
+    found = sum(len(k["report"]["conflicts"]) for k in kids)
+    mine = len(session.conflicts)
+    clean = f"{prefix}gradguard: no in-place conflicts found"
+    if not mine and report.startswith(clean):
+        report = report.replace(clean, f"{clean} in this process", 1)
+    total = mine + found
+    return (f"{report}\n{prefix}gradguard: {len(kids)} child process"
+            f"{'es' if len(kids) != 1 else ''} checked; {total} conflict"
+            f"{'s' if total != 1 else ''} in all" +
+            (f" ({found} in child processes)" if found else ""))
 
 
 def _options_from(args: argparse.Namespace, env: dict[str, Any]) -> RunOptions:

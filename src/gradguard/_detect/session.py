@@ -88,7 +88,6 @@ class DetectSession(Session):
         self._save_stack = min(max_stack, sites.SAVE_STACK)
         self.conflicts: list[Conflict] = []
         self.coverage_gaps: list[str] = []
-        self.listeners: list[Callable[[Conflict], None]] = []
         self._seen: set = set()
         self._lock = threading.Lock()
         # While active: the protect session that repairs what this session saves (itself,
@@ -96,6 +95,9 @@ class DetectSession(Session):
         self.protector: Optional[DetectSession] = None
         self._watcher: Optional[Session] = None
         self._repairs_seen: set = set()
+        # Called with each conflict newly recorded here (after deduplication) that does not
+        # stop the program (`gradguard run` streams its SUMMARY line).
+        self.listeners: list[Callable[[Conflict], Any]] = []
 
     # -- lifecycle --------------------------------------------------------------------
     def on_enter(self) -> None:
@@ -118,12 +120,14 @@ class DetectSession(Session):
 
         return render_text(self.conflicts, self.coverage_gaps, color=color)
 
-    def to_dict(self, run: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-        """The JSON-ready report (schema: `gradguard._findings.schema`); ``run``: the
-        block `gradguard run` adds (target, exit code, rank)."""
+    def to_dict(self, run: Optional[dict[str, Any]] = None,
+                children: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
+        """The JSON-ready report (schema: `gradguard._findings.schema`); ``run`` and
+        ``children``: the blocks `gradguard run` adds (target, exit code, rank; the child
+        processes' reports)."""
         from gradguard._findings.schema import report_to_dict
 
-        return report_to_dict(self.conflicts, self.coverage_gaps, run=run)
+        return report_to_dict(self.conflicts, self.coverage_gaps, run=run, children=children)
 
     def trailer_lines(self) -> list[str]:
         """Lines `gradguard run` prints after the conflicts (protect: what was copied)."""
@@ -353,24 +357,24 @@ class DetectSession(Session):
             f"{rec.version} instead."
         )
 
-    def _record(self, conflict: Conflict) -> None:
+    def _record(self, conflict: Conflict) -> list["DetectSession"]:
         """Add to this session and every enclosing active one, once per write and save
-        site; tell each session's listeners of a conflict new to it."""
+        site; return the sessions it was new to."""
         key = conflict.dedup_key()
+        new = []
         for session in self.enclosing():
             if not isinstance(session, DetectSession):
                 continue
             with session._lock:
-                if key in session._seen:
-                    continue
-                session._seen.add(key)
-                session.conflicts.append(conflict)
-            for listener in list(session.listeners):
-                listener(conflict)
+                if key not in session._seen:
+                    session._seen.add(key)
+                    session.conflicts.append(conflict)
+                    new.append(session)
+        return new
 
     def _deliver(self, conflict: Conflict, *, fatal: bool = False,
                  stock_line: Optional[str] = None) -> None:
-        self._record(conflict)
+        new_to = self._record(conflict)
         if fatal or (self.on_conflict == "raise" and not conflict.repaired):
             from gradguard._explain.text import render_text
 
@@ -386,6 +390,8 @@ class DetectSession(Session):
                 warnings.warn(message, InplaceConflictWarning, stacklevel=2)
             else:  # attribute the warning to the user's line, not to gradguard's
                 warnings.warn_explicit(message, InplaceConflictWarning, site.file, site.line)
+        for listener in [f for session in new_to for f in session.listeners]:
+            listener(conflict)
 
     # -- PyTorch's own in-place errors, explained ----------------------------------------
     def on_write_error(self, kind: str, op: str, exc: BaseException, args: tuple) -> None:

@@ -13,7 +13,9 @@ Schema version 1::
      "coverage_gaps": [str],
      "summary": {"conflicts": int, "by_kind": {kind: int}},
      "protect": {"copied_bytes", "copies", "copy_sites": [...]},   (gradguard.protect only)
-     "run": {"target", "file", "args", "exit_code", "rank", "world_size"}}  (gradguard run)
+     "run": {"target", "file", "args", "exit_code", "rank", "world_size"},  (gradguard run)
+     "children": [{"pid", "rank", "world_size", "argv", "exit_code", "report"}]}
+                                     (gradguard run, when child processes were checked)
 
 Every producer of a report (``session.to_dict()``, ``gradguard run --json``) writes through
 `report_to_dict`; every consumer (``gradguard fix --from-report``, rendering a saved
@@ -39,7 +41,8 @@ def frame_to_dict(frame: Optional[Frame]) -> Optional[dict[str, Any]]:
 
 def report_to_dict(conflicts: Sequence[Conflict], gaps: Sequence[str] = (), *,
                    protect: Optional[dict[str, Any]] = None,
-                   run: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+                   run: Optional[dict[str, Any]] = None,
+                   children: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
     by_kind: dict[str, int] = {}
     for c in conflicts:
         by_kind[c.kind] = by_kind.get(c.kind, 0) + 1
@@ -53,6 +56,8 @@ def report_to_dict(conflicts: Sequence[Conflict], gaps: Sequence[str] = (), *,
         data["protect"] = protect
     if run is not None:
         data["run"] = run
+    if children is not None:
+        data["children"] = children
     return data
 
 
@@ -65,6 +70,7 @@ class Report:
     coverage_gaps: list[str] = field(default_factory=list)
     protect: Optional[dict[str, Any]] = None
     run: Optional[dict[str, Any]] = None
+    children: Optional[list[dict[str, Any]]] = None
 
 
 def parse_report(data: Any, where: str = "report") -> Report:
@@ -82,7 +88,7 @@ def parse_report(data: Any, where: str = "report") -> Report:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise UsageError(f"{where}: conflict #{i} is malformed ({exc!r})") from None
     return Report(conflicts, [str(g) for g in data.get("coverage_gaps") or ()],
-                  data.get("protect"), data.get("run"))
+                  data.get("protect"), data.get("run"), data.get("children"))
 
 
 def read_report(path: str) -> Report:

@@ -151,14 +151,17 @@ class ProtectSession(DetectSession):
         out.sort(key=lambda c: (-c.bytes, -c.count))
         return out
 
-    def to_dict(self, run: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    def to_dict(self, run: Optional[dict[str, Any]] = None,
+                children: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
         """detect()'s schema plus ``"protect": {"copied_bytes", "copies", "copy_sites"}``."""
-        return report_to_dict(self.conflicts, self.coverage_gaps, run=run, protect={
+        protect = {
             "copied_bytes": self.copied_bytes, "copies": self.copies,
             "copy_sites": [{"op": c.op, "count": c.count, "bytes": c.bytes,
                             "write": frame_to_dict(c.write), "saved": frame_to_dict(c.saved)}
                            for c in self.copy_sites],
-        })
+        }
+        return report_to_dict(self.conflicts, self.coverage_gaps, run=run, children=children,
+                              protect=protect)
 
     def trailer_lines(self, limit: int = 5) -> list[str]:
         """What was copied and where, hottest sites first."""
