@@ -233,7 +233,7 @@ def test_json_report_schema(tmp_path, capsys):
                            "exit_code": 1, "rank": None, "world_size": None}
     (c,) = data["conflicts"]
     assert set(c) == {"kind", "code", "title", "mutation", "saved", "tensor", "overlap",
-                      "aliasing", "fix", "detail", "repaired"}
+                      "aliasing", "fix", "detail", "repaired", "writes"}
     assert (c["kind"], c["code"], c["overlap"]) == ("saved-tensor-mutated", "GGR101", True)
     assert c["mutation"] == {
         "op": "Tensor.mul_", "via": None, "alias": ".data", "file": str(script),
