@@ -33,7 +33,7 @@ def build(layers: int, width: int) -> nn.Module:
 def step(model: nn.Module, x: torch.Tensor, delta: float) -> None:
     loss = model(x).square().mean()
     for layer in model:  # a silent write into every saved weight
-        layer.weight.data.add_(delta)
+        layer.weight.data.add_(delta)  # noqa: GG201 (the silent write is what is measured)
     loss.backward()
     model.zero_grad(set_to_none=True)
 
