@@ -1,0 +1,97 @@
+"""The conflict path: what a step costs under detect() when every step has conflicts.
+
+A chain of 40 linear layers; between forward and backward every weight is written through
+`.data` (the bytes change, the version does not: 40 silently wrong saved tensors a step),
+so every backward confirms 40 conflicts. The process also holds 3,000 unrelated
+`nn.Module`s (as a real program does: naming a parameter must not scale with them).
+
+Each of `--repeats` rounds times one plain step and one step inside a fresh
+`gradguard.detect(on_conflict="record")`, in turn (the order alternating each round), in
+this one process; the medians are reported. Target: detect at most 2x plain.
+
+    python benchmarks/conflict_path.py [--repeats 100] [--layers 40] [--extra-modules 3000]
+           [--threads 1] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from torch import nn
+
+import gradguard
+
+
+def build(layers: int, width: int) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(*[nn.Linear(width, width) for _ in range(layers)])
+
+
+def step(model: nn.Module, x: torch.Tensor, delta: float) -> None:
+    loss = model(x).square().mean()
+    for layer in model:  # a silent write into every saved weight
+        layer.weight.data.add_(delta)  # noqa: GG201 (the silent write is what is measured)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=100)
+    parser.add_argument("--layers", type=int, default=40)
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--extra-modules", type=int, default=3000)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", default=None, help="also write the numbers here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    extra = [nn.Linear(4, 4) for _ in range(args.extra_modules)]  # noqa: F841 (held)
+    plain_model, detect_model = build(args.layers, args.width), build(args.layers, args.width)
+    x = torch.randn(8, args.width, requires_grad=True)  # so the first weight is saved too
+    conflicts = []
+
+    def plain(delta: float) -> None:
+        step(plain_model, x, delta)
+
+    def detected(delta: float) -> None:
+        with gradguard.detect(on_conflict="record") as session:
+            step(detect_model, x, delta)
+        conflicts.append(len(session.conflicts))
+
+    for i in range(2):  # warm-up: first-call costs (patch install, lazy imports)
+        plain(1e-3 if i % 2 else -1e-3)
+        detected(1e-3 if i % 2 else -1e-3)
+
+    times: dict[str, list[float]] = {"plain": [], "detect": []}
+    for i in range(args.repeats):
+        delta = 1e-3 if i % 2 else -1e-3  # alternate, so the weights stay put
+        order = [("plain", plain), ("detect", detected)]
+        for name, fn in order if i % 2 == 0 else order[::-1]:
+            t0 = time.perf_counter()
+            fn(delta)
+            times[name].append(time.perf_counter() - t0)
+
+    p, d = statistics.median(times["plain"]), statistics.median(times["detect"])
+    result = {
+        "repeats": args.repeats, "layers": args.layers, "extra_modules": args.extra_modules,
+        "threads": args.threads, "torch": torch.__version__,
+        "plain_ms": round(p * 1e3, 3), "detect_ms": round(d * 1e3, 3), "ratio": round(d / p, 2),
+        "conflicts_per_step": statistics.median(conflicts),
+    }
+    print(f"conflict path: {args.layers} silently written saved weights a step, "
+          f"{args.extra_modules} extra modules, {args.repeats} interleaved steps each, medians")
+    print(f"  plain step                          {result['plain_ms']:9.3f} ms")
+    print(f"  detect(on_conflict='record') step   {result['detect_ms']:9.3f} ms "
+          f"({result['conflicts_per_step']:g} conflicts a step)")
+    print(f"  ratio                               {result['ratio']:9.2f}x   (target: at most 2x)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
