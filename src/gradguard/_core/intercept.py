@@ -71,6 +71,10 @@ def _targets_list(args: tuple, kwargs: dict) -> Iterable[torch.Tensor]:
     return [t for t in seq if isinstance(t, torch.Tensor)]
 
 
+def _targets_storage(args: tuple, kwargs: dict) -> Iterable[Any]:
+    return (args[0],) if args and isinstance(args[0], torch.UntypedStorage) else ()
+
+
 def _targets_out(args: tuple, kwargs: dict) -> Iterable[torch.Tensor]:
     out = kwargs.get("out")
     if isinstance(out, torch.Tensor):
@@ -203,6 +207,11 @@ def _plan() -> list[tuple[Any, str, Callable]]:
         wrapper = originals[id(orig)] = _make_wrapper(orig, f"torch.{name}(out=)", _targets_out,
                                                       False, only_with_out=True)
         plan.append((torch, name, wrapper))
+    # FSDP frees a block's parameters by resizing their storage to 0 and re-materialises
+    # them before backward: a write to every byte the storage held.
+    resize = torch.UntypedStorage.resize_
+    plan.append((torch.UntypedStorage, "resize_",
+                 _make_wrapper(resize, "UntypedStorage.resize_", _targets_storage, True)))
     return plan
 
 

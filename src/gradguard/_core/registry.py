@@ -23,7 +23,7 @@ from gradguard._core.sites import RawStack
 class WriteRecord:
     """One intercepted in-place write (no tensors held: only where and what)."""
 
-    __slots__ = ("op", "stack", "entry", "alias", "start", "end", "whole")
+    __slots__ = ("op", "stack", "entry", "alias", "start", "end", "whole", "storage")
 
     def __init__(self, op: str, stack: RawStack, entry, alias: Optional[str],
                  start: int, end: int, whole: bool) -> None:
@@ -34,6 +34,9 @@ class WriteRecord:
         self.start = start  # written byte range in the storage, [start, end)
         self.end = end
         self.whole = whole  # metadata writes (set_, .data =, resize_) count as whole-tensor
+        # A write to the storage itself (`UntypedStorage.resize_`): every byte it held is
+        # gone, and what comes back after a resize is not what was saved.
+        self.storage = False
 
 
 class SavedRecord:
@@ -89,6 +92,13 @@ def byte_range(t: torch.Tensor) -> tuple[int, int]:
         return start, start
     extent = 1 + sum((int(s) - 1) * abs(int(st)) for s, st in zip(t.shape, t.stride()))
     return start, start + extent * item
+
+
+def has_bytes(t: torch.Tensor) -> bool:
+    """Whether ``t``'s storage still holds every byte ``t`` addresses. FSDP frees a storage
+    by resizing it to 0 while tensors on it stay saved: reading those would read freed
+    memory."""
+    return int(t.untyped_storage().nbytes()) >= byte_range(t)[1]
 
 
 _EXACT_LIMIT = 1 << 24  # elements; past this, interval overlap is taken as overlap

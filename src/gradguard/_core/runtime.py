@@ -23,6 +23,7 @@ from gradguard._core.registry import (
     storage_key,
 )
 from gradguard._core.session import GradguardHooks, Session
+from gradguard.errors import GradguardError
 
 # PyTorch's in-place errors raised at the write itself, and the kind of finding for each.
 WRITE_ERRORS = (
@@ -79,32 +80,48 @@ class Runtime:
         """Called just before an intercepted write executes: records the write on every
         live saved record sharing a written storage and tells their watchers. Returns a
         token for `after_write` / `write_failed`."""
-        registry = self.registry
-        if not registry.maybe_live():
+        if not self.registry.maybe_live():
             return None
+        try:
+            return self._before_write(op, tensors, whole)
+        except GradguardError:
+            raise  # a deliberate stop (when="write" in raise mode)
+        except Exception as exc:  # noqa: BLE001 - our failure must not change the program
+            self.internal_error(f"the write {op}", exc)
+            return None
+
+    def _before_write(self, op: str, tensors: Iterable[torch.Tensor], whole: bool) -> Any:
+        registry = self.registry
         touched: list[SavedRecord] = []
         told: list[tuple[Session, Any]] = []
         write: Optional[WriteRecord] = None
         for t in tensors:
-            key = storage_key(t)
+            freed = isinstance(t, torch.UntypedStorage)
+            key = int(t._cdata) if freed else storage_key(t)
             if key is None:
                 continue
             records = registry.on_storage(key)
             if not records:
                 continue
-            start, end = byte_range(t)
+            start, end = (0, t.nbytes()) if freed else byte_range(t)
             if write is None:
                 stack, entry = sites.capture(3, records[0].owner.max_stack)
             else:
                 stack, entry = write.stack, write.entry
             write = WriteRecord(op, stack, entry, None, start, end, whole)
+            write.storage = freed
             watched: dict[int, tuple[Session, list[SavedRecord]]] = {}
             intercept.state.busy = True  # our own bookkeeping writes nothing to intercept
             try:
                 for rec in records:
                     # A metadata write (`.data =`, `set_`) swaps what `t` points at; only a
                     # record holding `t` itself sees it. Saved views keep the old bytes.
-                    hit = rec.tensor is t if whole else overlaps(rec.tensor, start, end, t)
+                    if freed:
+                        hit = True
+                    elif whole:
+                        hit = rec.tensor is t
+                    else:
+                        hit = overlaps(rec.tensor, start, end, t)
                     if rec.writes is None:
                         rec.writes = []
                     rec.writes.append((write, hit))
@@ -125,7 +142,19 @@ class Runtime:
     def after_write(self, token: Any) -> None:
         """The write happened."""
         for watcher, inner in token[1]:
-            watcher.after_writes(inner)
+            try:
+                watcher.after_writes(inner)
+            except Exception as exc:  # noqa: BLE001 - see before_write
+                self.internal_error("after a write", exc)
+
+    def internal_error(self, what: str, exc: BaseException) -> None:
+        """Tell the innermost session (a coverage gap); never raise."""
+        session = self.innermost() or (self.sessions[-1] if self.sessions else None)
+        if session is not None:
+            try:
+                session.on_internal_error(what, exc)
+            except Exception:  # noqa: BLE001, S110 - nothing more we can do
+                pass
 
     def write_failed(self, token: Any, op: str, exc: Optional[BaseException], args: tuple) -> None:
         """The write did not happen (it raised): forget it, and explain PyTorch's error."""

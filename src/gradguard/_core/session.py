@@ -126,3 +126,7 @@ class Session:
 
     def on_foreign_hooks(self, hooks: Any, where: str) -> None:
         """Saved-tensor hooks that are not gradguard's were entered at ``where``."""
+
+    def on_internal_error(self, what: str, exc: BaseException) -> None:
+        """gradguard's own bookkeeping for ``what`` failed with ``exc``; the user's program
+        went on as without gradguard (a coverage gap, never a changed program)."""

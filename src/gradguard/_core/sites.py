@@ -71,7 +71,10 @@ def capture(skip: int = 1, limit: int = MAX_STACK) -> Tuple[RawStack, Tuple[Code
     """User frames (outside torch and gradguard), innermost first, and the torch/gradguard
     code between them and the capture point (e.g. an optimizer's ``step``), which says
     *how* the user's line reached the write or the save."""
-    frame: Optional[FrameType] = sys._getframe(skip)
+    try:
+        frame: Optional[FrameType] = sys._getframe(skip)
+    except ValueError:  # a thread with fewer Python frames (a TorchScript fork's)
+        return (), ()
     frames: list[tuple[CodeType, int]] = []
     inner: list[CodeType] = []
     internal = _internal_code

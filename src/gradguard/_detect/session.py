@@ -25,7 +25,7 @@ import torch
 
 from gradguard._core import sites
 from gradguard._core.names import module_path
-from gradguard._core.registry import SavedRecord, WriteRecord, byte_range
+from gradguard._core.registry import SavedRecord, WriteRecord, byte_range, has_bytes
 from gradguard._core.runtime import new_record, runtime
 from gradguard._core.session import Session
 from gradguard._detect.graph import capture as capture_graph
@@ -33,7 +33,7 @@ from gradguard._findings.kinds import Facts
 from gradguard._findings.kinds import kind as catalogue_kind
 from gradguard._findings.model import Conflict, Mutation, SavedBy, TensorInfo
 from gradguard._findings.nodes import forward_op
-from gradguard.errors import InplaceConflictError, InplaceConflictWarning
+from gradguard.errors import GradguardError, InplaceConflictError, InplaceConflictWarning
 
 OnConflict = Literal["raise", "warn", "record"]
 When = Literal["backward", "write"]
@@ -50,7 +50,21 @@ _KIND_OF_RECORD = {
 
 
 def _fingerprint(t: torch.Tensor) -> int:
-    """CRC32 of the tensor's bytes, to catch writes that bypass PyTorch (NumPy views)."""
+    """CRC32 of the tensor's bytes (writes that bypass PyTorch; bytes a write restored);
+    `_UNREADABLE` for tensors whose bytes cannot be read (meta, fake, storage-less
+    subclasses), which then count as changed by any overlapping write."""
+    try:
+        return _crc(t)
+    except Exception:  # noqa: BLE001 - a tensor kind we cannot read
+        return _UNREADABLE
+
+
+_UNREADABLE = -1  # never a CRC32 (those are unsigned)
+
+
+def _crc(t: torch.Tensor) -> int:
+    if not has_bytes(t):
+        return _UNREADABLE  # its storage was freed (resized to 0): nothing to read
     with torch.no_grad():
         flat = t.detach()
         if flat.device.type != "cpu":
@@ -58,7 +72,11 @@ def _fingerprint(t: torch.Tensor) -> int:
         flat = flat.contiguous().reshape(-1)
         if flat.dtype is torch.bool:
             flat = flat.to(torch.uint8)
-        return zlib.crc32(flat.view(torch.uint8).numpy().tobytes())
+        if flat.untyped_storage()._cdata == t.untyped_storage()._cdata:
+            # .numpy() on the tensor's own storage would make it non-resizable (FSDP
+            # resizes its parameters' storages): read a private copy.
+            flat = flat.clone()
+        return zlib.crc32(flat.view(torch.uint8).numpy())
 
 
 class DetectSession(Session):
@@ -146,7 +164,14 @@ class DetectSession(Session):
 
     # -- saved-tensor hooks ------------------------------------------------------------
     def pack(self, t: torch.Tensor) -> Any:
-        stack, entry = sites.capture(2, self._save_stack)  # entry: torch code that saved
+        try:
+            return self._pack(t)
+        except Exception as exc:  # noqa: BLE001 - saved as PyTorch would, unchecked
+            runtime.internal_error("a saved tensor", exc)
+            return t
+
+    def _pack(self, t: torch.Tensor) -> Any:
+        stack, entry = sites.capture(3, self._save_stack)  # entry: torch code that saved
         # Leaves are held as themselves (as PyTorch does); other tensors detached, since an
         # output saved by its own node would otherwise form an uncollectable cycle.
         try:
@@ -170,7 +195,12 @@ class DetectSession(Session):
             return rec
         t = rec.tensor
         if t._version != rec.version or rec.writes is not None or rec.checksum is not None:
-            return self._check(rec, t)
+            try:
+                return self._check(rec, t)
+            except GradguardError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - backward goes on as without us
+                runtime.internal_error("a saved tensor at backward", exc)
         return t
 
     def _check(self, rec: SavedRecord, t: torch.Tensor) -> torch.Tensor:
@@ -197,7 +227,7 @@ class DetectSession(Session):
             return "version"
         if rec.checksum is None:
             return None
-        if _fingerprint(t) == rec.checksum:
+        if rec.checksum != _UNREADABLE and _fingerprint(t) == rec.checksum:
             return None
         return "bytes" if any(hit for _, hit in rec.writes or ()) else "outside"
 
@@ -457,6 +487,11 @@ class DetectSession(Session):
                     rec.owner.confirm(rec, node_name=node_name)
 
         node.register_prehook(check_ctx)
+
+    def on_internal_error(self, what: str, exc: BaseException) -> None:
+        self._gap(f"gradguard could not check {what}: its bookkeeping failed "
+                  f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); the "
+                  "program ran as it would without gradguard")
 
     def on_foreign_hooks(self, hooks: Any, where: str) -> None:
         if type(hooks).__name__ in _CHECKPOINT_HOOKS:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional, Sequence, TypeVar, overload
 import torch
 
 from gradguard._core import sites
-from gradguard._core.registry import SavedRecord, WriteRecord, byte_range
+from gradguard._core.registry import SavedRecord, WriteRecord, byte_range, has_bytes
 from gradguard._detect.session import DetectSession, OnConflict
 from gradguard._findings.model import Frame
 from gradguard._findings.schema import frame_to_dict, report_to_dict
@@ -87,9 +87,11 @@ class ProtectSession(DetectSession):
             kept = rec.extra
             if kept is None:
                 kept = rec.extra = _Kept(rec.version)
-            if rec.tensor._version != kept.expected:
-                kept.tainted = True  # changed by a write we did not see
-            elif rec.writes and rec.writes[-1][1] and kept.copy is None and _has_bytes(rec.tensor):
+            if rec.tensor._version != kept.expected or (write.storage and kept.copy is None):
+                # Changed by a write we did not see; or the storage is being freed: keeping
+                # a copy would keep alive what the program frees (FSDP), so no repair.
+                kept.tainted = True
+            elif rec.writes and rec.writes[-1][1] and kept.copy is None and has_bytes(rec.tensor):
                 to_copy.append(rec)
         copied = _copy_before_write(to_copy, write, self) if to_copy else []
         return records, copied
@@ -207,12 +209,6 @@ def _copy_before_write(records: list[SavedRecord], write: WriteRecord,
             protector.account_copy(rec, write, nbytes)
             done.append((rec, nbytes))
     return done
-
-
-def _has_bytes(t: torch.Tensor) -> bool:
-    """Whether the storage still holds every byte ``t`` addresses: FSDP frees a storage by
-    resizing it to 0 while views of it stay saved; there is nothing to copy from then."""
-    return t.untyped_storage().nbytes() >= byte_range(t)[1]
 
 
 def _view_of_copied_base(bases: list, t: torch.Tensor, start: int, end: int
