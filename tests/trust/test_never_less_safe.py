@@ -47,7 +47,17 @@ def test_detached_in_place_input():
     _expect_same_as_stock(program)
 
 
+def _outcome(program):
+    try:
+        program()
+    except Exception as exc:  # noqa: BLE001 - the outcome is what is compared
+        return type(exc), _sentence(exc)
+    return None
+
+
 def test_detached_in_place_input_of_a_custom_function():
+    """Stock PyTorch 2.13 does not check a custom Function's saved input for .detach_()
+    (the check is on built-in nodes): gradguard must not raise where stock does not."""
     class Square(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x):
@@ -65,7 +75,10 @@ def test_detached_in_place_input_of_a_custom_function():
         a.detach_()
         b.sum().backward()
 
-    _expect_same_as_stock(program)
+    stock = _outcome(program)
+    for mode in MODES:
+        with gradguard.detect(on_conflict=mode):
+            assert _outcome(program) == stock, mode
 
 
 def test_version_check_saved_input():

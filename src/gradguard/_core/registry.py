@@ -44,7 +44,7 @@ class SavedRecord:
 
     __slots__ = (
         "tensor", "version", "key", "owner", "watcher", "stack", "kind", "label", "writes",
-        "checksum", "producer", "inner", "fresh", "extra", "__weakref__",
+        "checksum", "producer", "inner", "fresh", "extra", "source", "__weakref__",
     )
 
     def __init__(self, tensor: torch.Tensor, version: int, key: Optional[int], owner: Any,
@@ -67,6 +67,10 @@ class SavedRecord:
         # no module's parameter or buffer (reports skip the costly search for a name).
         self.fresh = False
         self.extra: Any = None  # the watcher's own per-record state (copy-on-write's copy)
+        # For a non-leaf: (weak reference to the tensor autograd was handed, its output_nr,
+        # id of its grad_fn) at save time -- what PyTorch's own unpack checks consult, and
+        # which hooks switch off: a later `.detach_()`, the producer named in its message.
+        self.source: Optional[tuple[Any, int, int]] = None
 
 
 def storage_key(t: torch.Tensor) -> Optional[int]:

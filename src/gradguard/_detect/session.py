@@ -15,6 +15,7 @@ PyTorch rejects is still rejected, with a better message.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import warnings
 import weakref
@@ -22,6 +23,7 @@ import zlib
 from typing import Any, Callable, Literal, Optional, Sequence, TypeVar, overload
 
 import torch
+from torch.autograd.function import BackwardCFunction
 
 from gradguard._core import sites
 from gradguard._core.names import module_path
@@ -47,6 +49,16 @@ _KIND_OF_RECORD = {
     "ctx": "ctx-attribute-mutated",
     "checkpoint": "checkpoint-input-mutated",
 }
+
+
+_DETACHED_IN_PLACE = (
+    "Trying to use a saved tensor that has been detached in-place, i.e. with .detach_()."
+    "This is not supported, please use out-of-place `.detach()` instead")
+
+
+def _short_node(name: str) -> str:
+    """How PyTorch names a node in its version message: ``AddBackward0`` -> ``Add``."""
+    return re.sub(r"Backward\d*$", "", name) or name
 
 
 def _fingerprint(t: torch.Tensor) -> int:
@@ -183,7 +195,9 @@ class DetectSession(Session):
         rec = SavedRecord(t if grad_fn is None else t.detach(), version, None, self, stack)
         rec.inner = entry
         rec.producer = type(grad_fn)
-        rec.fresh = grad_fn is not None and not t._is_view()
+        if grad_fn is not None:
+            rec.fresh = not t._is_view()
+            rec.source = (weakref.ref(t), t.output_nr, id(grad_fn))
         rec.watcher = self._watcher
         runtime.registry.add(rec)
         if self.checksum:
@@ -194,6 +208,14 @@ class DetectSession(Session):
         if not isinstance(rec, SavedRecord):
             return rec
         t = rec.tensor
+        source = rec.source
+        if source is not None:
+            original = source[0]()
+            if (original is not None and original.grad_fn is None
+                    and not isinstance(torch._C._current_autograd_node(), BackwardCFunction)):
+                # PyTorch's own check, which hooks switch off (SavedVariable::unpack); stock
+                # PyTorch makes it for built-in nodes only, not a custom Function's.
+                raise RuntimeError(_DETACHED_IN_PLACE)
         if t._version != rec.version or rec.writes is not None or rec.checksum is not None:
             try:
                 return self._check(rec, t)
@@ -380,11 +402,25 @@ class DetectSession(Session):
 
     @staticmethod
     def _stock_line(t: torch.Tensor, rec: SavedRecord, node_name: Optional[str]) -> str:
+        """PyTorch's own sentence for this version mismatch, word for word: the producer
+        named is the saving node for a saved output, the tensor's current grad_fn for a
+        saved input, none for a leaf."""
+        which = ""
+        if rec.source is not None:
+            ref, output_nr, grad_fn_id = rec.source
+            node = torch._C._current_autograd_node()
+            if node is not None and id(node) == grad_fn_id:
+                which = f", which is output {output_nr} of {_short_node(type(node).__name__)},"
+            else:
+                original = ref()
+                grad_fn = getattr(original, "grad_fn", None)
+                if grad_fn is not None:
+                    which = (f", which is output {original.output_nr} of "
+                             f"{_short_node(grad_fn.name())},")
         return (
             "one of the variables needed for gradient computation has been modified by an "
-            f"inplace operation: [{t.type()} {list(t.shape)}], which is saved by "
-            f"{node_name or 'a backward node'}, is at version {t._version}; expected version "
-            f"{rec.version} instead."
+            f"inplace operation: [{t.type()} {list(t.shape)}]{which} is at version "
+            f"{t._version}; expected version {rec.version} instead."
         )
 
     def _record(self, conflict: Conflict) -> list["DetectSession"]:
