@@ -9,7 +9,8 @@ Schema version 1::
                     "saved": {"op", "node", "file", "line", "function", "stack"} | null,
                     "tensor": {"dtype", "shape", "device", "version_saved", "version_now",
                                "name", "produced_by", "is_parameter"} | null,
-                    "overlap", "aliasing", "fix", "detail", "repaired"}],
+                    "overlap", "aliasing", "fix", "detail", "repaired",
+                    "writes": [{"op", "note", "file", "line", "function", "stack"}]}],
      "coverage_gaps": [str],
      "summary": {"conflicts": int, "by_kind": {kind: int}},
      "protect": {"copied_bytes", "copies", "copy_sites": [...]},   (gradguard.protect only)
