@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import gradguard
+from helpers import line_of
 
 
 def _here() -> str:
@@ -28,58 +29,69 @@ def test_torch_func_transforms_work_inside_detect(transform):
 
     def call():
         if transform == "grad":
-            return torch.func.grad(_f)(x)
+            return torch.func.grad(_f)(x)  # CALL-grad
         if transform == "vjp":
-            out, fn = torch.func.vjp(lambda t: t.sin() * t, x)
+            out, fn = torch.func.vjp(lambda t: t.sin() * t, x)  # CALL-vjp
             return fn(torch.ones_like(out))[0]
         if transform == "jacrev":
-            return torch.func.jacrev(lambda t: t.sin() * t)(x)
-        return torch.func.hessian(_f)(x)
+            return torch.func.jacrev(lambda t: t.sin() * t)(x)  # CALL-jacrev
+        return torch.func.hessian(_f)(x)  # CALL-hessian
 
     expected = call()
     with gradguard.detect(on_conflict="raise") as session:
-        where = _here(); result = call()  # noqa: E702 (the gap must name this line)
+        result = call()
     assert torch.equal(result, expected)
-    _gap_names(session, where)
+    # the gap names the line that called the transform
+    _gap_names(session, f"{__file__}:{line_of('CALL-' + transform)}")
 
 
 def test_disable_saved_tensors_hooks_works_inside_detect():
     ran = []
     with gradguard.detect(on_conflict="raise") as session:
-        where = _here(); ctx = torch.autograd.graph.disable_saved_tensors_hooks("msg")  # noqa: E702
-        with ctx:
+        with torch.autograd.graph.disable_saved_tensors_hooks("msg"):  # ENTER-disable
             a = torch.ones(3, requires_grad=True)
             a.sin().sum().backward()
             ran.append(a.grad.clone())
     assert ran and torch.equal(ran[0], torch.ones(3).cos())
-    _gap_names(session, where)
+    _gap_names(session, f"{__file__}:{line_of('ENTER-disable')}")
 
 
-def test_register_hooks_on_a_raw_saved_tensor_works_inside_detect():
-    calls = []
-
+def test_register_hooks_on_a_raw_saved_tensor_is_explained_inside_detect():
+    """PyTorch allows one pair of hooks per saved tensor, and inside detect() every saved
+    tensor carries gradguard's: PyTorch refuses a second pair, as it does under any default
+    hooks. gradguard says why, at the line, and records the coverage gap."""
     def pack(t):
-        calls.append("pack")
         return t
 
     def unpack(t):
-        calls.append("unpack")
         return t
 
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):  # stock, any default hooks
+        y = torch.randn(3, requires_grad=True).sin()
+        with pytest.raises(RuntimeError, match="already been set"):
+            y.grad_fn._raw_saved_self.register_hooks(pack, unpack)
     with gradguard.detect(on_conflict="raise") as session:
         a = torch.randn(3, requires_grad=True)
         y = a.sin()
-        where = _here(); y.grad_fn._raw_saved_self.register_hooks(pack, unpack)  # noqa: E702
-        y.sum().backward()
-    assert calls == ["pack", "unpack"]
+        with pytest.raises(RuntimeError, match="already been set") as info:
+            y.grad_fn._raw_saved_self.register_hooks(pack, unpack)  # REGISTER
+        y.sum().backward()  # the session goes on checking
+    assert any("register these hooks outside" in note for note in info.value.__notes__)
+    _gap_names(session, f"{__file__}:{line_of('REGISTER')}")
     assert torch.equal(a.grad, a.detach().cos())
-    _gap_names(session, where)
 
 
-def test_saved_leaf_is_the_leaf_itself_as_in_stock():
+def test_saved_tensor_identity_is_what_any_hooks_give():
+    """Stock PyTorch hands back the very tensor it saved only when no saved-tensor hooks
+    are set; under any hooks (identity hooks included) it wraps it anew. gradguard's unpack
+    returns the saved tensor itself, so the result is what any hooks give: the same
+    storage and values, not the same object."""
     a = torch.randn(3, requires_grad=True)
-    assert a.sin().grad_fn._saved_self is a  # stock PyTorch
+    assert a.sin().grad_fn._saved_self is a  # stock, no hooks
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+        assert a.sin().grad_fn._saved_self is not a  # stock, identity hooks
     with gradguard.detect(on_conflict="raise"):
         b = torch.randn(3, requires_grad=True)
-        y = b.sin()
-        assert y.grad_fn._saved_self is b
+        saved = b.sin().grad_fn._saved_self
+    assert saved.untyped_storage()._cdata == b.untyped_storage()._cdata
+    assert torch.equal(saved, b)

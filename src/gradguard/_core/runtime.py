@@ -8,8 +8,10 @@ what a write *means* -- a conflict, a copy to make -- is the capabilities' busin
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import threading
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import torch
 
@@ -214,6 +216,63 @@ def _patch_entry_points(patches: patching.Patches) -> None:
         (graph.saved_tensors_hooks, "__enter__", on_hooks_enter),
     ):
         patches.replace(owner, name, patching.around(owner, name, hook))
+    patches.replace(graph, "disable_saved_tensors_hooks",
+                    _stepping_aside(graph.disable_saved_tensors_hooks))
+
+    def on_register_hooks(call: Any, saved: Any, args: tuple, kwargs: dict) -> Any:
+        try:
+            return call(*args, **kwargs)
+        except RuntimeError as exc:
+            session = runtime.innermost()
+            if session is not None and "already been set" in str(exc):
+                frame = sites.innermost_user_frame(2)
+                where = f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame else "<unknown>"
+                session.on_foreign_hooks(saved, where)
+                exc.add_note("gradguard: inside gradguard.detect()/protect() every saved tensor "
+                             "carries gradguard's hooks, and PyTorch allows one pair per saved "
+                             "tensor; register these hooks outside the gradguard session")
+            raise
+
+    saved_tensor = torch._C._autograd.SavedTensor
+    patches.replace(saved_tensor, "register_hooks",
+                    patching.around(saved_tensor, "register_hooks", on_register_hooks))
+
+
+def _stepping_aside(disable: Any) -> Any:
+    """``disable_saved_tensors_hooks`` (which torch.func's transforms enter too) refuses
+    any saved-tensor hooks: for its extent gradguard takes its own off this thread's
+    stack, tells the session (a coverage gap naming the line), and puts them back after."""
+
+    @contextlib.contextmanager
+    def disable_saved_tensors_hooks(error_message: str) -> Iterator[None]:
+        ours = _pop_our_hooks()
+        if ours:
+            session = runtime.innermost()
+            if session is not None:
+                frame = sites.innermost_user_frame(3)
+                where = f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame else "<unknown>"
+                session.on_step_aside(error_message, where)
+        try:
+            with disable(error_message):
+                yield
+        finally:
+            for pack, unpack in reversed(ours):
+                torch._C._autograd._push_saved_tensors_default_hooks(pack, unpack)
+
+    functools.update_wrapper(disable_saved_tensors_hooks, disable)
+    return disable_saved_tensors_hooks
+
+
+def _pop_our_hooks() -> list[tuple[Any, Any]]:
+    """Pop gradguard's saved-tensor hooks off the top of this thread's stack."""
+    popped = []
+    autograd = torch._C._autograd
+    top = autograd._top_saved_tensors_default_hooks(False)
+    while top is not None and isinstance(getattr(top[0], "__self__", None), Session):
+        autograd._pop_saved_tensors_default_hooks()
+        popped.append(top)
+        top = autograd._top_saved_tensors_default_hooks(False)
+    return popped
 
 
 def unpatch_all() -> None:

@@ -127,6 +127,10 @@ class Session:
     def on_foreign_hooks(self, hooks: Any, where: str) -> None:
         """Saved-tensor hooks that are not gradguard's were entered at ``where``."""
 
+    def on_step_aside(self, reason: str, where: str) -> None:
+        """gradguard's saved-tensor hooks were taken off for a region entered at ``where``
+        that refuses hooks (``disable_saved_tensors_hooks(reason)``, torch.func)."""
+
     def on_internal_error(self, what: str, exc: BaseException) -> None:
         """gradguard's own bookkeeping for ``what`` failed with ``exc``; the user's program
         went on as without gradguard (a coverage gap, never a changed program)."""

@@ -524,6 +524,12 @@ class DetectSession(Session):
 
         node.register_prehook(check_ctx)
 
+    def on_step_aside(self, reason: str, where: str) -> None:
+        region = ("torch.func transform" if "torch.func" in reason
+                  else "disable_saved_tensors_hooks region")
+        self._gap(f"tensors saved inside the {region} entered at {where} are not checked: it "
+                  "refuses saved-tensor hooks, so gradguard stepped aside for its extent")
+
     def on_internal_error(self, what: str, exc: BaseException) -> None:
         self._gap(f"gradguard could not check {what}: its bookkeeping failed "
                   f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); the "
@@ -531,6 +537,11 @@ class DetectSession(Session):
 
     def on_foreign_hooks(self, hooks: Any, where: str) -> None:
         if type(hooks).__name__ in _CHECKPOINT_HOOKS:
+            return
+        if type(hooks).__name__ == "SavedTensor":
+            self._gap(f"register_hooks on a saved tensor at {where} was refused: every saved "
+                      "tensor carries gradguard's hooks inside a session, and PyTorch allows "
+                      "one pair per saved tensor")
             return
         self._gap(f"saved tensors packed under {type(hooks).__name__} (entered at {where}) are "
                   "not checked: those hooks replace gradguard's while active"
