@@ -1,29 +1,125 @@
 """Naming tensors for people: ``disc.fc.weight`` rather than ``f32[1,8]``.
 
-Only used when a conflict is reported (rare), so it may be slow: it scans live
-``nn.Module`` objects for a parameter or buffer on the same storage, then names the root
-module after the variable that holds it in the user's live frames.
+Naming runs only when a conflict is reported, but a program with many conflicts reports
+many, so it must not scan the heap each time. `ModuleIndex` keeps a weak set of every
+``nn.Module`` that holds a parameter, buffer or submodule: seeded by one heap scan, the
+first time a name is needed, and kept current by PyTorch's global registration hooks
+(called when a module registers a parameter, buffer or child -- at construction, never in
+forward). A lookup by storage then costs a dict access; the index is rebuilt only when a
+module registered something since, or a write replaced a tensor's storage (``.data =``).
+The root module is named after the variable holding it in the user's live frames.
 """
 from __future__ import annotations
 
 import gc
-from typing import Optional
+import threading
+import weakref
+from typing import Any, Optional
 
 import torch
 
 from gradguard._core.registry import byte_range, storage_key
 from gradguard._core.sites import (
-    innermost_user_frame,
-    is_internal_file,
-    user_frames_of_other_threads,
+    innermost_user_frame, is_internal_file, user_frames_of_other_threads,
 )
 
+# storage key -> [(start, end, module (weakly), local name, is parameter)]: the index
+# never keeps a model alive.
+_Entries = dict[int, list[tuple[int, int, "weakref.ref[torch.nn.Module]", str, bool]]]
 
-def _modules() -> list[torch.nn.Module]:
-    # type() rather than isinstance(): isinstance reads __class__, which some deprecated
-    # torch objects turn into a warning.
-    module = torch.nn.Module
-    return [o for o in gc.get_objects() if issubclass(type(o), module)]
+
+class ModuleIndex:
+    def __init__(self) -> None:
+        self._modules: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._seeded = False
+        self._dirty = True
+        self._by_storage: _Entries = {}
+        self._parent: dict[int, tuple[weakref.ref[torch.nn.Module], str]] = {}
+
+    def _seed(self) -> None:
+        """One heap scan for the modules built before gradguard was asked for a name; then
+        the registration hooks keep the set current."""
+        from torch.nn.modules import module as module_mod
+
+        module_mod.register_module_parameter_registration_hook(self._registered)
+        module_mod.register_module_buffer_registration_hook(self._registered)
+        module_mod.register_module_module_registration_hook(self._registered)
+        # type() rather than isinstance(): isinstance reads __class__, which some
+        # deprecated torch objects turn into a warning.
+        cls = torch.nn.Module
+        for obj in gc.get_objects():
+            if issubclass(type(obj), cls):
+                self._modules.add(obj)
+        self._seeded = True
+
+    def _registered(self, module: torch.nn.Module, name: str, value: Any) -> None:
+        self._modules.add(module)
+        if isinstance(value, torch.nn.Module):
+            self._modules.add(value)
+        self._dirty = True
+
+    def mark_dirty(self) -> None:
+        """A tensor's storage was replaced (``.data =``, ``set_``): rebuild before use."""
+        self._dirty = True
+
+    def _rebuild(self) -> None:
+        by_storage: _Entries = {}
+        parent: dict[int, tuple[weakref.ref[torch.nn.Module], str]] = {}
+        for m in list(self._modules):
+            ref = weakref.ref(m)
+            for tensors, is_param in ((m._parameters, True), (m._buffers, False)):
+                for local, p in tensors.items():
+                    key = storage_key(p) if p is not None else None
+                    if key is not None:
+                        start, end = byte_range(p)
+                        by_storage.setdefault(key, []).append((start, end, ref, local, is_param))
+            for child_name, child in m._modules.items():
+                if child is not None and id(child) not in parent:
+                    parent[id(child)] = (ref, child_name)
+        self._by_storage, self._parent = by_storage, parent
+        self._dirty = False
+
+    def owner(self, t: torch.Tensor) -> Optional[tuple[torch.nn.Module, str, bool]]:
+        """(module, local name, is parameter) of the parameter or buffer sharing ``t``'s
+        bytes, or None."""
+        key = storage_key(t)
+        if key is None:
+            return None
+        with self._lock:
+            if not self._seeded:
+                self._seed()
+            if self._dirty:
+                self._rebuild()
+            entries = self._by_storage.get(key, ())
+            if not entries and isinstance(t, torch.nn.Parameter):
+                self._rebuild()  # a parameter we do not know: its storage was replaced
+                entries = self._by_storage.get(key, ())
+        start, end = byte_range(t)
+        for p_start, p_end, ref, local, is_param in entries:
+            m = ref()
+            if m is not None and p_start < end and start < p_end:
+                return m, local, is_param
+        return None
+
+    def path_to(self, module: torch.nn.Module) -> list[str]:
+        """Child names from the root down to ``module``, and the root."""
+        path = []
+        seen = set()
+        m = module
+        while id(m) in self._parent and id(m) not in seen:
+            seen.add(id(m))
+            ref, child_name = self._parent[id(m)]
+            up = ref()
+            if up is None or child_name not in up._modules or up._modules[child_name] is not m:
+                break  # a stale entry (that parent is gone or no longer holds it)
+            m = up
+            path.append(child_name)
+        path.reverse()
+        return [_root_name(m), *path]
+
+
+index = ModuleIndex()
 
 
 def _root_name(root: torch.nn.Module) -> str:
@@ -44,38 +140,8 @@ def _root_name(root: torch.nn.Module) -> str:
 def module_path(t: torch.Tensor) -> tuple[Optional[str], bool]:
     """Dotted path of the parameter or buffer sharing ``t``'s bytes (or None), and whether
     it is a parameter."""
-    key = storage_key(t)
-    if key is None:
-        return None, False
-    start, end = byte_range(t)
-    modules = _modules()
-    owner = None
-    for m in modules:
-        tensors: list[tuple[str, Optional[torch.Tensor], bool]] = [
-            (n, p, True) for n, p in m._parameters.items()]
-        tensors += [(n, b, False) for n, b in m._buffers.items()]
-        for local, p, is_param in tensors:
-            if p is None or storage_key(p) != key:
-                continue
-            p_start, p_end = byte_range(p)
-            if p_start < end and start < p_end:
-                owner = (m, local, is_param)
-                break
-        if owner:
-            break
+    owner = index.owner(t)
     if owner is None:
         return None, False
-    parent: dict[int, tuple[torch.nn.Module, str]] = {}
-    for m in modules:
-        for child_name, child in m._modules.items():
-            if child is not None and id(child) not in parent:
-                parent[id(child)] = (m, child_name)
-    path = [owner[1]]
-    m = owner[0]
-    seen = set()
-    while id(m) in parent and id(m) not in seen:
-        seen.add(id(m))
-        m, child_name = parent[id(m)]
-        path.append(child_name)
-    path.append(_root_name(m))
-    return ".".join(reversed(path)), owner[2]
+    module, local, is_param = owner
+    return ".".join([*index.path_to(module), local]), is_param

@@ -92,17 +92,26 @@ def byte_range(t: torch.Tensor) -> tuple[int, int]:
     """[start, end) bytes of its storage that ``t`` can address."""
     item = t.element_size()
     start = int(t.storage_offset()) * item
-    if t.numel() == 0:
+    numel = t.numel()
+    if numel == 0:
         return start, start
+    if t.is_contiguous():
+        return start, start + numel * item
     extent = 1 + sum((int(s) - 1) * abs(int(st)) for s, st in zip(t.shape, t.stride()))
     return start, start + extent * item
 
 
-def has_bytes(t: torch.Tensor) -> bool:
-    """Whether ``t``'s storage still holds every byte ``t`` addresses. FSDP frees a storage
-    by resizing it to 0 while tensors on it stay saved: reading those would read freed
-    memory."""
-    return int(t.untyped_storage().nbytes()) >= byte_range(t)[1]
+def has_bytes(t: torch.Tensor, end: Optional[int] = None) -> bool:
+    """Whether ``t``'s storage still holds every byte ``t`` addresses (up to ``end``, its
+    byte range's end, if known). FSDP frees a storage by resizing it to 0 while tensors on
+    it stay saved: reading those would read freed memory."""
+    return int(t.untyped_storage().nbytes()) >= (byte_range(t)[1] if end is None else end)
+
+
+def dense(t: torch.Tensor, start: int, end: int) -> bool:
+    """Whether ``t``'s elements fill its byte range [start, end) with no gap (contiguous,
+    or a permutation of a contiguous block such as ``w.t()``)."""
+    return t.numel() * t.element_size() == end - start
 
 
 _EXACT_LIMIT = 1 << 24  # elements; past this, interval overlap is taken as overlap
@@ -114,8 +123,8 @@ def overlaps(saved: torch.Tensor, start: int, end: int, written: Optional[torch.
     s_start, s_end = byte_range(saved)
     if s_start >= end or start >= s_end or s_start == s_end or start == end:
         return False
-    if written is None or (saved.is_contiguous() and written.is_contiguous()):
-        return True
+    if written is None or (dense(saved, s_start, s_end) and dense(written, start, end)):
+        return True  # each fills its range: ranges that meet share elements
     item = saved.element_size()
     if written.element_size() != item or s_start % item or start % item:
         return True

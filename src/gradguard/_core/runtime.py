@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator, Optional
 
 import torch
 
-from gradguard._core import intercept, patching, sites
+from gradguard._core import intercept, names, patching, sites
 from gradguard._core.registry import (
     Registry,
     SavedRecord,
@@ -93,6 +93,8 @@ class Runtime:
             return None
 
     def _before_write(self, op: str, tensors: Iterable[torch.Tensor], whole: bool) -> Any:
+        if whole:
+            names.index.mark_dirty()  # `.data =`, `set_`: a module's tensor may change storage
         registry = self.registry
         touched: list[SavedRecord] = []
         told: list[tuple[Session, Any]] = []

@@ -107,13 +107,26 @@ def line_of(code: CodeType, lasti: int) -> int:
     return code.co_firstlineno
 
 
+# (id(code), f_lasti) -> Frame: a program with many conflicts resolves the same sites
+# again and again. Code objects seen by `capture` are pinned (see `_pinned`), so their ids
+# are never reused while cached; others are pinned here.
+_resolved: dict[tuple[int, int], Frame] = {}
+
+
 def resolve(stack: RawStack) -> list[Frame]:
     out = []
     for code, lasti in stack:
-        line = line_of(code, lasti)
-        filename = os.path.abspath(code.co_filename)
-        source = linecache.getline(code.co_filename, line).strip()
-        out.append(Frame(filename, line, getattr(code, "co_qualname", code.co_name), source))
+        key = (id(code), lasti)
+        frame = _resolved.get(key)
+        if frame is None:
+            line = line_of(code, lasti)
+            filename = os.path.abspath(code.co_filename)
+            source = linecache.getline(code.co_filename, line).strip()
+            frame = Frame(filename, line, getattr(code, "co_qualname", code.co_name), source)
+            if len(_resolved) < 100_000:
+                _pinned.append(code)
+                _resolved[key] = frame
+        out.append(frame)
     return out
 
 

@@ -36,10 +36,15 @@ class _CaptureBuilder(GraphBuilder):
 
     def autograd(self, fn: Any, role: str, detail: Sequence[str] = (),
                  leaf_name: Optional[str] = None) -> str:
-        nid = self._ids.get(id(fn))
+        """Add an autograd node, given as the node or as a `_Described` one."""
+        key = fn.key if isinstance(fn, _Described) else id(fn)
+        nid = self._ids.get(key)
         if nid is None:
-            label, extra = _describe_fn(fn, leaf_name)
-            nid = self._ids[id(fn)] = self.add(label, [*extra, *detail],
+            if isinstance(fn, _Described):
+                label, extra = fn.label, list(fn.detail)
+            else:
+                label, extra = _describe_fn(fn, leaf_name)
+            nid = self._ids[key] = self.add(label, [*extra, *detail],
                                                 "leaf" if label == "AccumulateGrad" and
                                                 role not in HIGHLIGHT else role)
         return nid
@@ -50,6 +55,18 @@ class _CaptureBuilder(GraphBuilder):
             link(self.autograd(fn, role))
         if len(fns) > MAX_NEIGHBOURS:
             link(self.add(f"... {len(fns) - MAX_NEIGHBOURS} more", (), "more"))
+
+
+class _Described:
+    """An autograd node as the picture needs it, holding no node: the consumers found by
+    one walk of the graph are cached for the rest of that backward."""
+
+    __slots__ = ("key", "label", "detail")
+
+    def __init__(self, fn: Any) -> None:
+        self.key = id(fn)
+        self.label, detail = _describe_fn(fn)
+        self.detail = tuple(detail)
 
 
 def _describe_fn(fn: Any, leaf_name: Optional[str] = None) -> tuple[str, list[str]]:
@@ -95,25 +112,45 @@ def _roots_on(frame: Any) -> Optional[list[Any]]:
     return None
 
 
-def _parents(roots: Iterable[Any], targets: Sequence[Any]) -> dict[int, list[Any]]:
+# The last backward's walk: (graph task id, {id(node): the nodes whose inputs include it,
+# described}). The graph is walked once per backward however many conflicts it confirms;
+# only descriptions are kept (no node, so no graph memory outlives its backward).
+_consumers: tuple[int, dict[int, list[_Described]]] = (-1, {})
+_consumers_lock = threading.Lock()
+
+
+def _parents(targets: Sequence[Any]) -> dict[int, list[_Described]]:
     """For each target node, the nodes whose inputs include it (its forward consumers)."""
-    found: dict[int, list[Any]] = {id(t): [] for t in targets if t is not None}
-    seen: set[int] = set()
+    global _consumers
+    task = torch._C._current_graph_task_id()
+    with _consumers_lock:
+        cached_task, consumers = _consumers
+    if task < 0 or cached_task != task:
+        consumers = _walk(_backward_roots())
+        if task >= 0:
+            with _consumers_lock:
+                _consumers = (task, consumers)
+    return {id(t): consumers.get(id(t), []) for t in targets if t is not None}
+
+
+def _walk(roots: Iterable[Any]) -> dict[int, list[_Described]]:
+    consumers: dict[int, list[_Described]] = {}
+    described: dict[int, _Described] = {}
     stack = [r for r in roots if r is not None]
-    while stack and len(seen) < MAX_VISIT:
+    while stack and len(described) < MAX_VISIT:
         fn = stack.pop()
-        if id(fn) in seen:
+        if id(fn) in described:
             continue
-        seen.add(id(fn))
+        here = described[id(fn)] = _Described(fn)
         for child, _ in fn.next_functions:
             if child is None:
                 continue
-            hits = found.get(id(child))
-            if hits is not None and not any(h is fn for h in hits):
-                hits.append(fn)
-            if id(child) not in seen:
+            hits = consumers.setdefault(id(child), [])
+            if all(h.key != here.key for h in hits):
+                hits.append(here)
+            if id(child) not in described:
                 stack.append(child)
-    return found
+    return consumers
 
 
 def _producer(node: Any, rec: Any) -> tuple[Optional[Any], bool]:
@@ -159,7 +196,7 @@ def _capture(node: Any, rec: Any, c: Conflict) -> dict[str, Any]:
     write_node(b, c, tid)
     saver = b.autograd(node, "saver", saver_detail(c))
     producer, is_output = _producer(node, rec)
-    parents = _parents(_backward_roots(), [node, producer])
+    parents = _parents([node, producer])
     inputs = [fn for fn, _ in node.next_functions if fn is not None and fn is not producer]
     if is_output:  # saver -> tensor -> its consumers; the saved edge points back up
         b.group(inputs, "input", lambda n: b.edge(n, saver))
@@ -174,7 +211,7 @@ def _capture(node: Any, rec: Any, c: Conflict) -> dict[str, Any]:
         b.group(inputs, "input", lambda n: b.edge(n, saver))
         b.group(parents.get(id(node), []), "consumer", lambda n: b.edge(saver, n))
         if producer is not None:
-            readers = [p for p in parents.get(id(producer), []) if p is not node]
+            readers = [p for p in parents.get(id(producer), []) if p.key != id(node)]
             b.group(readers, "reader", lambda n: b.edge(tid, n))
     return b.graph()
 

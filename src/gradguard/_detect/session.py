@@ -14,6 +14,7 @@ PyTorch rejects is still rejected, with a better message.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import threading
@@ -27,7 +28,9 @@ from torch.autograd.function import BackwardCFunction
 
 from gradguard._core import sites
 from gradguard._core.names import module_path
-from gradguard._core.registry import SavedRecord, WriteRecord, byte_range, has_bytes
+from gradguard._core.registry import (
+    SavedRecord, WriteRecord, byte_range, dense, has_bytes, storage_key,
+)
 from gradguard._core.runtime import new_record, runtime
 from gradguard._core.session import Session
 from gradguard._detect.graph import capture as capture_graph
@@ -72,11 +75,20 @@ def _fingerprint(t: torch.Tensor) -> int:
 
 
 _UNREADABLE = -1  # never a CRC32 (those are unsigned)
+_PLAIN = (torch.Tensor, torch.nn.Parameter)  # no subclass whose data_ptr could mislead
 
 
 def _crc(t: torch.Tensor) -> int:
-    if not has_bytes(t):
+    start, end = byte_range(t)
+    if not has_bytes(t, end):
         return _UNREADABLE  # its storage was freed (resized to 0): nothing to read
+    if t.device.type == "cpu" and type(t) in _PLAIN and dense(t, start, end):
+        # The bytes straight from memory (all of them t's: it fills its range): no tensor
+        # op, no NumPy export (which would make the storage non-resizable).
+        if end == start:
+            return 0
+        base = t.untyped_storage().data_ptr()
+        return zlib.crc32(ctypes.string_at(base + start, end - start))
     with torch.no_grad():
         flat = t.detach()
         if flat.device.type != "cpu":
@@ -125,6 +137,7 @@ class DetectSession(Session):
         self.protector: Optional[DetectSession] = None
         self._watcher: Optional[Session] = None
         self._repairs_seen: set = set()
+        self._built: dict[tuple, Conflict] = {}  # raw sites and storage -> its conflict
         # Called with each conflict newly recorded here (after deduplication) that does not
         # stop the program (`gradguard run` streams its SUMMARY line).
         self.listeners: list[Callable[[Conflict], Any]] = []
@@ -265,26 +278,26 @@ class DetectSession(Session):
 
     # -- writes: evidence of the saved bytes, and when="write" ---------------------------
     def before_writes(self, write: WriteRecord, records: Sequence[SavedRecord]) -> Any:
-        hit = [rec for rec in records if rec.writes and rec.writes[-1][1]]
-        for rec in hit:
+        for rec in records:
+            if not (rec.writes and rec.writes[-1][1]):
+                continue  # elsewhere in the storage: no saved byte changes
             if self.eager and rec.owner is self:
                 self.confirm(rec, pending=write)
-            if rec.checksum is None and rec.tensor._version == rec.version:
-                # The saved bytes, before the first write that may change them.
-                rec.checksum = _fingerprint(rec.tensor)
-        return hit
-
-    def after_writes(self, token: Any) -> None:
-        for rec in token:
             timeline = rec.extra
             if timeline is None:
                 timeline = rec.extra = _Timeline()
-            index = len(rec.writes) - 1 if rec.writes else 0
-            timeline.versions.append((index, rec.tensor._version))
-            if (timeline.first_change is None and rec.checksum is not None
-                    and rec.tensor._version == rec.version
-                    and _fingerprint(rec.tensor) != rec.checksum):
-                timeline.first_change = index
+            unmoved = rec.tensor._version == rec.version
+            if rec.checksum is None:
+                if unmoved:  # the saved bytes, before the first write that may change them
+                    rec.checksum = _fingerprint(rec.tensor)
+            elif timeline.hits and timeline.first_change is None and unmoved:
+                # Did the previous overlapping write change the saved bytes? (One fingerprint
+                # a write, taken before the next one, instead of one after each.)
+                if _fingerprint(rec.tensor) != rec.checksum:
+                    timeline.first_change = timeline.hits[-1]
+            timeline.hits.append(len(rec.writes) - 1)
+            timeline.before.append(rec.tensor._version)
+        return None
 
     # -- confirming and delivering conflicts ---------------------------------------------
     def confirm(self, rec: SavedRecord, *, pending: Optional[WriteRecord] = None,
@@ -307,6 +320,18 @@ class DetectSession(Session):
             # through `.data` there silently changes the recomputed forward.
             rec.kind, rec.label = "checkpoint", "torch.utils.checkpoint"
         kind = "saved-tensor-mutated-outside-pytorch" if outside else _KIND_OF_RECORD[rec.kind]
+        fatal = moved and pending is None and rec.kind != "ctx" and not repaired
+
+        # Deduplicate before building anything: the same write site, save site and storage
+        # found again (every step of a training loop) costs a dict lookup, not a report.
+        raw_key = (kind, write.stack[:1] if write is not None else None, rec.stack[:1],
+                   rec.key if rec.key is not None else storage_key(t), repaired,
+                   pending is not None)
+        known = self._built.get(raw_key)
+        if known is not None:
+            self._deliver(known, fatal=fatal, stock_line=self._stock_line(t, rec, node_name)
+                          if fatal else None)
+            return
 
         saver_op = rec.label or forward_op(node_name)
         saved = SavedBy(op=saver_op, node=node_name, stack=sites.resolve(rec.stack))
@@ -360,9 +385,10 @@ class DetectSession(Session):
                             writes=self._timeline(rec, hits, write) if pending is None else [])
         # The picture's neighbourhood, as names only (no tensors, no nodes kept).
         conflict.graph = capture_graph(node, rec, conflict)
+        with self._lock:
+            self._built[raw_key] = conflict
         # A moved version is what stock PyTorch rejects (it checks everything saved, but
         # not ctx attributes): reject it in every mode.
-        fatal = moved and pending is None and rec.kind != "ctx" and not repaired
         self._deliver(conflict, fatal=fatal, stock_line=self._stock_line(t, rec, node_name)
                       if fatal else None)
 
@@ -375,7 +401,8 @@ class DetectSession(Session):
         versions = {}
         timeline = rec.extra if isinstance(rec.extra, _Timeline) else None
         if timeline is not None and rec.writes:
-            versions = {id(rec.writes[i][0]): v for i, v in timeline.versions}
+            versions = {id(rec.writes[i][0]): after
+                        for i, (_before, after) in timeline.after_each(rec.tensor._version)}
         out = []
         for w in hits:
             site = sites.resolve(w.stack[:1])
@@ -391,13 +418,15 @@ class DetectSession(Session):
         first that moved the version (what PyTorch complains about), else the first that
         overlapped them."""
         timeline = rec.extra if isinstance(rec.extra, _Timeline) else None
-        if timeline is not None and rec.writes:
-            if not moved and timeline.first_change is not None:
-                return rec.writes[timeline.first_change][0]
+        if timeline is not None and rec.writes and timeline.hits:
             if moved:
-                for index, version in timeline.versions:
-                    if version != rec.version:
+                for index, (before, after) in timeline.after_each(rec.tensor._version):
+                    if before != after:
                         return rec.writes[index][0]
+            elif timeline.first_change is not None:
+                return rec.writes[timeline.first_change][0]
+            else:  # the earlier writes left the saved bytes as they were: the last changed them
+                return rec.writes[timeline.hits[-1]][0]
         return hits[0] if hits else None
 
     @staticmethod
@@ -562,15 +591,22 @@ class DetectSession(Session):
 
 
 class _Timeline:
-    """detect()'s own per-record state (``record.extra``): the version after each
-    overlapping write (by index into ``record.writes``), and the first write after which
+    """detect()'s own per-record state (``record.extra``): the overlapping writes (indexes
+    into ``record.writes``) with the version before each, and the first write after which
     the saved bytes differed from what was saved."""
 
-    __slots__ = ("versions", "first_change")
+    __slots__ = ("hits", "before", "first_change")
 
     def __init__(self) -> None:
-        self.versions: list[tuple[int, int]] = []
+        self.hits: list[int] = []
+        self.before: list[int] = []
         self.first_change: Optional[int] = None
+
+    def after_each(self, now: int) -> list[tuple[int, tuple[int, int]]]:
+        """(write index, (version before it, version after it)) for each overlapping
+        write; the version after the last is the tensor's version now."""
+        after = [*self.before[1:], now]
+        return [(i, (b, a)) for i, b, a in zip(self.hits, self.before, after)]
 
 
 def _put_back(node: Any, attr: str, index: Optional[int], value: torch.Tensor) -> None:

@@ -55,6 +55,7 @@ class GraphBuilder:
     def __init__(self) -> None:
         self.nodes: list[dict[str, Any]] = []
         self.edges: list[dict[str, Any]] = []
+        self._pairs: set[tuple[str, str]] = set()
 
     def add(self, label: str, detail: Sequence[str], role: str) -> str:
         nid = f"n{len(self.nodes)}"
@@ -64,8 +65,9 @@ class GraphBuilder:
 
     def edge(self, src: str, dst: str, label: str = "", role: str = "data",
              back: bool = False) -> None:
-        if any(e["src"] == src and e["dst"] == dst for e in self.edges):
+        if (src, dst) in self._pairs:
             return
+        self._pairs.add((src, dst))
         self.edges.append({"src": src, "dst": dst, "label": label, "role": role, "back": back})
 
     def graph(self) -> dict[str, Any]:
