@@ -20,7 +20,9 @@ import torch
 
 from gradguard._core.registry import byte_range, storage_key
 from gradguard._core.sites import (
-    innermost_user_frame, is_internal_file, user_frames_of_other_threads,
+    innermost_user_frame,
+    is_internal_file,
+    user_frames_of_other_threads,
 )
 
 # storage key -> [(start, end, module (weakly), local name, is parameter)]: the index

@@ -29,7 +29,12 @@ from torch.autograd.function import BackwardCFunction
 from gradguard._core import sites
 from gradguard._core.names import module_path
 from gradguard._core.registry import (
-    SavedRecord, WriteRecord, byte_range, dense, has_bytes, storage_key,
+    SavedRecord,
+    WriteRecord,
+    byte_range,
+    dense,
+    has_bytes,
+    storage_key,
 )
 from gradguard._core.runtime import new_record, runtime
 from gradguard._core.session import Session
