@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 
 from gradguard._core.patching import Patches
+from gradguard._core.registry import storage_key
 
 # Bound once: dynamo recognises this function by identity and folds it to True while
 # tracing, so compiled code skips gradguard's bookkeeping (and guards on none of it).
@@ -48,6 +49,9 @@ _AUGMENTED = {
 
 class _State(threading.local):
     busy = False  # inside gradguard's own bookkeeping: do not intercept our own writes
+    # Storage keys of tensors the op now running saves although its backward never reads
+    # their values (a training-mode batch norm's running statistics), or None.
+    unread: Optional[set] = None
 
 
 state = _State()
@@ -110,6 +114,49 @@ def _make_wrapper(orig: Callable, op: str, targets: Callable, whole: bool,
     # Name, qualname, module, doc and (through __wrapped__) signature of the original.
     functools.update_wrapper(gradguard_write, orig)
     return gradguard_write
+
+
+_BN_STATS = ((3, "running_mean"), (4, "running_var"))
+
+
+def _running_stats(args: tuple, kwargs: dict) -> list[torch.Tensor]:
+    """The running statistics a ``torch.batch_norm`` call updates in place (training with
+    running stats), else []."""
+    training = args[5] if len(args) > 5 else kwargs.get("training", False)
+    if not training:
+        return []
+    found = [args[i] if len(args) > i else kwargs.get(name) for i, name in _BN_STATS]
+    return [t for t in found if isinstance(t, torch.Tensor)]
+
+
+def _batch_norm_wrapper(orig: Callable) -> Callable:
+    """``torch.batch_norm``: in training mode the kernel updates ``running_mean`` and
+    ``running_var`` in place, from C++, bumping no version: a write, told like any other.
+    It also saves them, though its backward never reads them: marked so (`state.unread`)."""
+    op = "torch.batch_norm (running statistics)"
+
+    def batch_norm(*args: Any, **kwargs: Any) -> Any:
+        listener = _listener
+        stats = _running_stats(args, kwargs) if listener is not None else []
+        if not stats or state.busy or _is_compiling():
+            return orig(*args, **kwargs)
+        token = (listener.before_write(op, stats, False)
+                 if listener.registry.maybe_live() else None)
+        previous = state.unread
+        state.unread = {k for k in (storage_key(t) for t in stats) if k is not None}
+        try:
+            result = orig(*args, **kwargs)
+        except BaseException as exc:
+            listener.write_failed(token, op, exc if isinstance(exc, RuntimeError) else None, args)
+            raise
+        finally:
+            state.unread = previous
+        if token is not None:
+            listener.after_write(token)
+        return result
+
+    functools.update_wrapper(batch_norm, orig)
+    return batch_norm
 
 
 def _data_setter_wrapper() -> property:
@@ -207,6 +254,7 @@ def _plan() -> list[tuple[Any, str, Callable]]:
         wrapper = originals[id(orig)] = _make_wrapper(orig, f"torch.{name}(out=)", _targets_out,
                                                       False, only_with_out=True)
         plan.append((torch, name, wrapper))
+    plan.append((torch, "batch_norm", _batch_norm_wrapper(torch.batch_norm)))
     # FSDP frees a block's parameters by resizing their storage to 0 and re-materialises
     # them before backward: a write to every byte the storage held.
     resize = torch.UntypedStorage.resize_

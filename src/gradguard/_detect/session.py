@@ -26,7 +26,7 @@ from typing import Any, Callable, Literal, Optional, Sequence, TypeVar, overload
 import torch
 from torch.autograd.function import BackwardCFunction
 
-from gradguard._core import sites
+from gradguard._core import intercept, sites
 from gradguard._core.names import module_path
 from gradguard._core.registry import (
     SavedRecord,
@@ -217,6 +217,10 @@ class DetectSession(Session):
             rec.fresh = not t._is_view()
             rec.source = (weakref.ref(t), t.output_nr, id(grad_fn))
         rec.watcher = self._watcher
+        unread = intercept.state.unread
+        if unread is not None and storage_key(t) in unread:
+            rec.kind = "unread"  # saved, but backward never reads its values
+            return rec
         runtime.registry.add(rec)
         if self.checksum:
             rec.checksum = _fingerprint(t)
@@ -226,6 +230,8 @@ class DetectSession(Session):
         if not isinstance(rec, SavedRecord):
             return rec
         t = rec.tensor
+        if rec.kind == "unread":
+            return t
         source = rec.source
         if source is not None:
             original = source[0]()
