@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Optional
 
+from gradguard._findings.twins import dotted
 from gradguard.lint import tables as T
 
 TENSOR, MAYBE, OTHER, JAX = "tensor", "maybe", "other", "jax"
@@ -188,18 +189,6 @@ class Facts:
     inplace_flags: list = field(default_factory=list)
     frameworks: set = field(default_factory=set)
     stmt_call_attrs: set = field(default_factory=set)  # `self.<attr>(...)` used as a bare statement
-
-
-def dotted(node: ast.AST) -> Optional[str]:
-    """``a.b.c`` for a chain of attribute accesses on a name, else None."""
-    parts = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    if isinstance(node, ast.Name):
-        parts.append(node.id)
-        return ".".join(reversed(parts))
-    return None
 
 
 def data_owner(expr: ast.AST) -> Optional[ast.AST]:
