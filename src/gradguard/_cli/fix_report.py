@@ -22,8 +22,8 @@ from typing import Optional
 
 from gradguard.errors import UsageError
 from gradguard.lint import tables as T
-from gradguard.lint.analysis import dotted
-from gradguard.lint.base import Fix, FileContext
+from gradguard._findings.twins import dotted
+from gradguard.lint.base import FileContext
 
 
 def load_report(path: str) -> list:
@@ -135,9 +135,9 @@ def fix_for_line(ctx: FileContext, line: int) -> tuple:
 
 
 def run_from_report(args: argparse.Namespace) -> int:
-    from gradguard.lint.analysis import Facts
+    from gradguard.lint.values import Facts
     from gradguard.lint.engine import decode_source
-    from gradguard._cli.fix import write_or_diff
+    from gradguard.lint.files import write_or_diff
     from gradguard.lint.fixer import apply_fixes
 
     if args.paths:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Iterator, Optional
 
 if TYPE_CHECKING:
-    from gradguard.lint.analysis import Facts
+    from gradguard.lint.values import Facts
 
 SAFE, UNSAFE, SOMETIMES, NONE = "safe", "unsafe", "sometimes", "none"
 
@@ -106,7 +106,9 @@ class Rule:
 
 
 def all_rules() -> dict[str, type[Rule]]:
-    """Every registered rule by code, sorted."""
-    from gradguard.lint import rules  # noqa: F401  (registers the rules)
+    """Every registered rule by code, sorted.
 
+    The rule classes register themselves when ``gradguard.lint.rules`` is imported,
+    which importing the ``gradguard.lint`` package (and so any of its modules) does:
+    this module never imports the rules, so there is no ``base <-> rules`` cycle."""
     return dict(sorted(_REGISTRY.items()))

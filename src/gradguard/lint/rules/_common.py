@@ -1,0 +1,106 @@
+"""What the rules share: how a write is named and described, and its out-of-place fix."""
+from __future__ import annotations
+
+import ast
+from typing import Optional
+
+from gradguard.lint import tables as T
+from gradguard.lint.base import FileContext, Fix
+from gradguard.lint.values import Write
+
+
+_WRITE_KINDS = ("method", "torch_func", "augassign", "inplace_kw", "inplace_module")
+
+
+_AUG_SYMBOL = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//", ast.Mod: "%",
+               ast.Pow: "**", ast.BitAnd: "&", ast.BitOr: "|", ast.BitXor: "^", ast.LShift: "<<",
+               ast.RShift: ">>", ast.MatMult: "@"}
+
+
+def _name(w: Write) -> str:
+    if w.target_name:
+        return w.target_name
+    if w.kind == "data":  # `model.layer.weight.data.mul_()`: name the expression itself
+        for node in ast.walk(w.node):
+            if isinstance(node, ast.Attribute) and node.attr == "data":
+                text = ast.unparse(node.value)
+                if len(text) <= 60:
+                    return text
+                break
+    return "the result"
+
+
+def _describe(w: Write) -> str:
+    """`x += ...`, `x.mul_()`, `F.relu(x, inplace=True)` ..."""
+    n = _name(w)
+    if w.kind == "augassign":
+        return f"`{n} {_AUG_SYMBOL.get(type(w.node.op), '?')}= ...`"
+    if w.kind == "method":
+        return f"`{n}.{w.method}()`" if w.target_name else f"`.{w.method}()`"
+    if w.kind == "torch_func":
+        return f"`{w.method}({n})`"
+    if w.kind == "inplace_kw":
+        return f"`F.{w.method}({n}, inplace=True)`"
+    if w.kind == "inplace_module":
+        return f"`{w.op_text}` with inplace=True"
+    return "the write"
+
+
+def _out_of_place_fix(ctx: FileContext, w: Write) -> tuple[Optional[Fix], str]:
+    """The out-of-place rewrite of a write, and a hint for the message."""
+    n = _name(w)
+    named = w.target_name is not None
+    if w.kind == "augassign" and named:
+        sym = _AUG_SYMBOL.get(type(w.node.op), "?")
+        return ctx.fix("augassign", w.node, w.safe(), f"Rewrite as `{n} = {n} {sym} ...`"), f"use `{n} = {n} {sym} ...`"
+    if w.kind == "method":
+        twin = w.method[:-1]
+        if w.method not in T.INPLACE_WITH_TWIN:
+            return None, "write to a clone (`.clone()`) instead"
+        if w.stmt_level and named:
+            return (ctx.fix("out_of_place_method", w.node, w.safe(), f"Rewrite as `{n} = {n}.{twin}(...)`"),
+                    f"use `{n} = {n}.{twin}(...)`")
+        if not named and w.target.temp:
+            return ctx.fix("drop_underscore", w.node, True, f"Use `.{twin}()`"), f"use `.{twin}()`"
+        return None, f"use the out-of-place `.{twin}()`"
+    if w.kind == "torch_func":
+        twin = w.method[:-1]
+        short = twin.replace("torch.nn.functional.", "F.")
+        if w.method not in T.INPLACE_TORCH_FUNCS:
+            return None, "write to a clone instead"
+        if w.stmt_level and named:
+            return ctx.fix("out_of_place_func", w.node, w.safe(), f"Rewrite as `{n} = {short}({n})`"), f"use `{n} = {short}({n})`"
+        if w.target.temp:
+            return ctx.fix("drop_underscore", w.node, True, f"Use `{short}`"), f"use `{short}(...)`"
+        return None, f"use `{short}(...)`"
+    if w.kind == "inplace_kw":
+        if w.stmt_level and named:
+            return (ctx.fix("drop_inplace_assign", w.node, w.safe(), f"Rewrite as `{n} = F.{w.method}({n})`"),
+                    f"use `{n} = F.{w.method}({n})`")
+        return ctx.fix("drop_inplace", w.node, w.safe(), "Remove `inplace=True`"), "drop `inplace=True`"
+    if w.kind == "inplace_module" and w.ctor is not None:
+        attr = w.op_text.split(" ")[0].split(".")[-1]
+        # Dropping inplace=True at the constructor is invisible to callers that use
+        # the module's return value; a bare `self.act(x)` statement relies on the side effect.
+        safe = attr not in ctx.facts.stmt_call_attrs
+        return (ctx.fix("drop_inplace", w.ctor.node, safe, f"Construct `nn.{w.ctor.cls}()` without inplace=True"),
+                f"construct `nn.{w.ctor.cls}()` without inplace=True (line {w.ctor.node.lineno})")
+    return None, "use an out-of-place operation"
+
+
+def _first(saves: tuple, output: Optional[bool]) -> Optional[object]:
+    for s in saves:
+        if output is None or s.output == output:
+            return s
+    return None
+
+
+def _data_fix(ctx: FileContext, w: Write, safe: bool) -> Optional[Fix]:
+    if w.data_form == "method" and not w.stmt_level:
+        return None
+    node = w.stmt
+    if not isinstance(node, (ast.Expr, ast.Assign, ast.AugAssign)):
+        return None
+    if isinstance(node, ast.Assign) and len(node.targets) != 1:
+        return None
+    return ctx.fix("no_grad", node, safe and w.data_form != "assign", "Write under `torch.no_grad()` instead of `.data`")

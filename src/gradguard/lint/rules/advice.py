@@ -1,0 +1,59 @@
+"""GG2xx: advice -- legal today, fragile tomorrow (on by default)."""
+from __future__ import annotations
+
+from typing import Iterator
+
+from gradguard.lint.base import SOMETIMES, Diagnostic, FileContext, Rule
+from gradguard.lint.rules._common import (_name, _data_fix)
+
+
+class DataWrite(Rule):
+    code = "GG201"
+    name = "data-write"
+    summary = "Write through .data instead of under torch.no_grad()"
+    fix_safety = SOMETIMES
+    doc = """
+## What it does
+Finds writes through `.data`: `w.data.normal_(...)`, `w.data[...] = v`, `w.data += v`,
+`w.data = t` (when `w` looks like a tensor: a known tensor, or a name such as
+`weight`, `bias`, `param`, `grad`).
+
+## Why is this bad?
+`.data` is a legacy escape hatch: writes through it are invisible to autograd's
+version counter, so if the tensor was saved for backward the gradients become
+silently wrong instead of raising.  `torch.no_grad()` does the same job and keeps
+the safety check.
+
+## Example
+```python
+m.weight.data.normal_(0.0, 0.02)
+```
+
+Use instead:
+```python
+with torch.no_grad():
+    m.weight.normal_(0.0, 0.02)
+```
+
+## Fix safety
+Safe for in-place methods, item assignment and augmented assignment, which become
+the same write under `torch.no_grad()` (already inside a `no_grad` block or
+function, `.data` is just dropped).  Unsafe for `w.data = t`, rewritten as
+`w.copy_(t)`: `.data =` may change shape, dtype or device, `copy_` cannot.
+"""
+
+    def check(self, ctx: FileContext) -> Iterator[Diagnostic]:
+        for w in ctx.facts.writes:
+            if w.kind != "data" or w.saves or not w.evidence:
+                continue
+            n = _name(w)
+            if w.data_form == "method":
+                hint = f"`with torch.no_grad(): {n}.{w.method}(...)`"
+            elif w.data_form == "assign":
+                hint = f"`with torch.no_grad(): {n}.copy_(...)`"
+            elif w.data_form == "setitem":
+                hint = f"`with torch.no_grad(): {n}[...] = ...`"
+            else:
+                hint = f"`with torch.no_grad(): {n} += ...`"
+            yield self.diagnostic(ctx, w.node, f"write through `{n}.data` bypasses autograd's version check; use "
+                                  f"{hint}", _data_fix(ctx, w, True))
