@@ -234,7 +234,7 @@ class _Text:
         return ", ".join(parts)
 
 
-def twin_statement(source: str, op: str = "") -> Optional[str]:
+def twin_statement(source: str, op: str = "", *, torch_name: str = "torch") -> Optional[str]:
     """The out-of-place statement for one source line of an in-place write.
 
     ``source`` is the line as a runtime report or an editor shows it (leading
@@ -242,7 +242,8 @@ def twin_statement(source: str, op: str = "") -> Optional[str]:
     recorded (``"Tensor.add_"``, ``"+="``, ``"Tensor.__setitem__"``, ``"torch.relu_"``,
     ``"torch.add(out=)"``) and only picks the write when the line has several.
     Returns e.g. ``"h = h.mul(2)"`` for ``"h.mul_(2)"``, or None when no faithful
-    one-line twin exists (see the module docstring)."""
+    one-line twin exists (see the module docstring).  ``torch_name`` is what the
+    file binds ``torch`` to, for the fresh-buffer twins (``torch.zeros_like``)."""
     stmt = _parse_line(source)
     if stmt is None:
         return None
@@ -258,13 +259,13 @@ def twin_statement(source: str, op: str = "") -> Optional[str]:
             rhs = f"({rhs})"
         return f"{t} = {t} {sym} {rhs}"
     if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call):
-        return _twin_call_statement(stmt.value, text, op)
+        return _twin_call_statement(stmt.value, text, op, torch_name)
     if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.value, ast.Call):
         # h = F.relu(h, inplace=True): the result goes back into the written name
         call = stmt.value
         target = text(stmt.targets[0])
         if _is_place(stmt.targets[0]) and call.args and text(call.args[0]) == target:
-            twin = _twin_call_statement(call, text, op)
+            twin = _twin_call_statement(call, text, op, torch_name)
             if twin is not None and twin.startswith(f"{target} = "):
                 return twin
         # y = x.mul(2).add_(1): an in-place method on a temporary
@@ -274,7 +275,7 @@ def twin_statement(source: str, op: str = "") -> Optional[str]:
     return None
 
 
-def _twin_call_statement(call: ast.Call, text: _Text, op: str) -> Optional[str]:
+def _twin_call_statement(call: ast.Call, text: _Text, op: str, torch_name: str = "torch") -> Optional[str]:
     f = call.func
     out_kw = next((k for k in call.keywords if k.arg == "out"), None)
     if out_kw is not None:
@@ -304,7 +305,8 @@ def _twin_call_statement(call: ast.Call, text: _Text, op: str) -> Optional[str]:
         twin = twin_method(f.attr)
         if twin is not None:
             return f"{r} = {r}.{twin}({text.args(call)})"
-        fresh = fresh_buffer_expr(f.attr, r, text.args(call), arg_nodes=list(call.args) if not call.keywords else None)
+        fresh = fresh_buffer_expr(f.attr, r, text.args(call), torch_name,
+                                  arg_nodes=list(call.args) if not call.keywords else None)
         if fresh is not None:
             return f"{r} = {fresh}"
     return None

@@ -401,7 +401,8 @@ class ScopeWalker(ExpressionEvaluator):
             name = dotted(target_expr)
             kw["target_name"] = name
         if kind == "jax_setitem":
-            self.facts.writes.append(Write(kind, node, self.stmt, target, (), in_no_grad=bool(self.no_grad), **kw))
+            self.facts.writes.append(Write(kind, node, self.stmt, target, (), in_no_grad=bool(self.no_grad),
+                                           function=getattr(self.scope, "name", ""), **kw))
             return
         if not self.has_torch:
             return
@@ -426,8 +427,8 @@ class ScopeWalker(ExpressionEvaluator):
 
         here = tuple(self.branch)
         saves = tuple(sv for sv in obj.saves if not exclusive(sv.branch, here))
-        w = Write(kind, node, self.stmt, target, saves, safe=safe,
-                  in_no_grad=bool(self.no_grad), is_param=is_param, **kw)
+        w = Write(kind, node, self.stmt, target, saves, safe=safe, in_no_grad=bool(self.no_grad),
+                  is_param=is_param, function=getattr(self.scope, "name", ""), **kw)
         self.facts.writes.append(w)
 
     # -- expressions ----------------------------------------------------

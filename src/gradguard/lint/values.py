@@ -105,6 +105,7 @@ class Write:
     in_no_grad: bool = False
     is_param: bool = False
     op_text: str = ""
+    function: str = ""  # name of the enclosing function ("" at module level)
 
 
 @dataclass

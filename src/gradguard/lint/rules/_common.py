@@ -4,7 +4,7 @@ from __future__ import annotations
 import ast
 from typing import Optional
 
-from gradguard.lint import tables as T
+from gradguard._findings import twins
 from gradguard.lint.base import FileContext, Fix
 from gradguard.lint.values import Write
 
@@ -54,9 +54,9 @@ def _out_of_place_fix(ctx: FileContext, w: Write) -> tuple[Optional[Fix], str]:
         sym = _AUG_SYMBOL.get(type(w.node.op), "?")
         return ctx.fix("augassign", w.node, w.safe(), f"Rewrite as `{n} = {n} {sym} ...`"), f"use `{n} = {n} {sym} ...`"
     if w.kind == "method":
-        twin = w.method[:-1]
-        if w.method not in T.INPLACE_WITH_TWIN:
-            return None, "write to a clone (`.clone()`) instead"
+        twin = twins.twin_method(w.method)
+        if twin is None:
+            return _fresh_buffer_fix(ctx, w)
         if w.stmt_level and named:
             return (ctx.fix("out_of_place_method", w.node, w.safe(), f"Rewrite as `{n} = {n}.{twin}(...)`"),
                     f"use `{n} = {n}.{twin}(...)`")
@@ -64,10 +64,10 @@ def _out_of_place_fix(ctx: FileContext, w: Write) -> tuple[Optional[Fix], str]:
             return ctx.fix("drop_underscore", w.node, True, f"Use `.{twin}()`"), f"use `.{twin}()`"
         return None, f"use the out-of-place `.{twin}()`"
     if w.kind == "torch_func":
-        twin = w.method[:-1]
-        short = twin.replace("torch.nn.functional.", "F.")
-        if w.method not in T.INPLACE_TORCH_FUNCS:
+        twin = twins.twin_function(w.method)
+        if twin is None:
             return None, "write to a clone instead"
+        short = twin.replace("torch.nn.functional.", "F.")
         if w.stmt_level and named:
             return ctx.fix("out_of_place_func", w.node, w.safe(), f"Rewrite as `{n} = {short}({n})`"), f"use `{n} = {short}({n})`"
         if w.target.temp:
@@ -104,3 +104,28 @@ def _data_fix(ctx: FileContext, w: Write, safe: bool) -> Optional[Fix]:
     if isinstance(node, ast.Assign) and len(node.targets) != 1:
         return None
     return ctx.fix("no_grad", node, safe and w.data_form != "assign", "Write under `torch.no_grad()` instead of `.data`")
+
+
+def torch_name(ctx: FileContext) -> str:
+    """What the file binds ``torch`` to at top level (``import torch as th`` -> ``th``)."""
+    for stmt in ctx.tree.body:
+        if isinstance(stmt, ast.Import):
+            for a in stmt.names:
+                if a.name == "torch":
+                    return a.asname or "torch"
+    return "torch"
+
+
+def _fresh_buffer_fix(ctx: FileContext, w: Write) -> tuple[Optional[Fix], str]:
+    """``x.zero_()`` -> ``x = torch.zeros_like(x)`` and the other fresh-buffer twins.
+
+    Always unsafe: the fresh tensor does not require grad where ``x`` did, so a
+    backward whose only path runs through it would raise (see ``_findings.twins``)."""
+    n = _name(w)
+    text = ctx.segment(w.stmt) if w.stmt_level and w.target_name and isinstance(w.stmt, ast.Expr) else None
+    twin = twins.twin_statement(text, torch_name=torch_name(ctx)) if text else None
+    if twin is None:
+        if w.method in twins.FRESH_BUFFER:
+            return None, f"write into a fresh tensor (`torch.empty_like({n}).{w.method}(...)`) or a clone"
+        return None, "write to a clone (`.clone()`) instead"
+    return ctx.fix("twin", w.stmt, False, f"Rewrite as `{twin}`", twin), f"use `{twin}`"

@@ -1,6 +1,7 @@
 """GG2xx: advice -- legal today, fragile tomorrow (on by default)."""
 from __future__ import annotations
 
+import re
 from typing import Iterator
 
 from gradguard.lint.base import SOMETIMES, Diagnostic, FileContext, Rule
@@ -36,10 +37,16 @@ with torch.no_grad():
 ```
 
 ## Fix safety
-Safe for in-place methods, item assignment and augmented assignment, which become
-the same write under `torch.no_grad()` (already inside a `no_grad` block or
-function, `.data` is just dropped).  Unsafe for `w.data = t`, rewritten as
-`w.copy_(t)`: `.data =` may change shape, dtype or device, `copy_` cannot.
+The fix writes under `torch.no_grad()` on the tensor itself (inside a `no_grad`
+block or function `.data` is just dropped).  That bumps the version counter the
+`.data` write hid: if any graph saved the tensor -- anywhere, not only in this
+file -- a silently wrong program becomes one that raises at `backward()`.  So the
+fix is **safe only inside an initialisation function** (`__init__`,
+`reset_parameters`, `init_weights`, `_init_weights`, ...: no graph holds a module's
+tensors while it is being built) and unsafe everywhere else; there, the program
+that keeps running is the one that moves the write after `backward()` (or clones).
+`w.data = t` is always unsafe: it is rewritten as `w.copy_(t)`, and `.data =` may
+change shape, dtype or device where `copy_` cannot.
 """
 
     def check(self, ctx: FileContext) -> Iterator[Diagnostic]:
@@ -56,4 +63,8 @@ function, `.data` is just dropped).  Unsafe for `w.data = t`, rewritten as
             else:
                 hint = f"`with torch.no_grad(): {n} += ...`"
             yield self.diagnostic(ctx, w.node, f"write through `{n}.data` bypasses autograd's version check; use "
-                                  f"{hint}", _data_fix(ctx, w, True))
+                                  f"{hint}", _data_fix(ctx, w, bool(_INIT_FUNCTION.search(w.function))))
+
+
+# Functions that initialise tensors: no autograd graph can hold them yet.
+_INIT_FUNCTION = re.compile(r"^(?:__init__|__post_init__|reset_parameters|_?reset_parameters|.*init(?:iali[sz]e)?_?(?:weights?|params|parameters)?)$")

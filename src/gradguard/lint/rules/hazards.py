@@ -298,6 +298,7 @@ class SequentialInplaceAfterSaving(Rule):
     name = "sequential-inplace-after-saving"
     summary = "inplace=True module right after a module that saves its output in nn.Sequential"
     fix_safety = SAFE
+    fix_availability = "always"
     doc = """
 ## What it does
 Finds an `inplace=True` module (`nn.ReLU(inplace=True)`, `nn.Dropout(inplace=True)`,
