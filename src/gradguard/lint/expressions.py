@@ -309,7 +309,7 @@ class ExpressionEvaluator:
             text = rd or ""
             if recv.optimizer or (_OPTIMIZER_RE.search(text.rsplit(".", 1)[-1]) and "sched" not in text.lower()) \
                     or ("scaler" in text.lower() and node.args):
-                self.steps.append((self.index, node.lineno, ast.unparse(node), tuple(self.branch)))
+                self.steps.append((self.index, node, ast.unparse(node), tuple(self.branch)))
             return _OTHER
         if self.tape and m in ("assign", "assign_add", "assign_sub", "scatter_nd_update", "scatter_update"):
             self.tape[-1].append((self.index, TapeEvent("assign", node, f"{rd or '?'}.{m}"), rd))
@@ -402,11 +402,11 @@ class ExpressionEvaluator:
         if loss.origin is None:
             return
         here = tuple(self.branch)
-        for idx, line, text, branch in reversed(self.steps):  # the step closest to the backward
+        for idx, step, text, branch in reversed(self.steps):  # the step closest to the backward
             if loss.origin < idx < self.index and not exclusive(branch, here):
                 label = ast.unparse(loss_node) if hasattr(ast, "unparse") else "loss"
                 origin_line = self.index_lines.get(loss.origin, 0)
-                self.facts.step_hazards.append(StepHazard(node, label, origin_line, line, text))
+                self.facts.step_hazards.append(StepHazard(node, label, origin_line, step.lineno, text, step))
                 return
 
 

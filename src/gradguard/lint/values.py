@@ -115,6 +115,7 @@ class StepHazard:
     loss_line: int
     step_line: int
     step_text: str
+    step: Optional[ast.AST] = None  # the step call: where the write happens, and where we report
 
 
 @dataclass

@@ -253,10 +253,11 @@ class StepBeforeBackward(Rule):
     summary = "optimizer.step() between a forward and the backward of a loss built from it"
     doc = """
 ## What it does
-Finds `loss.backward()` where `loss` was computed *before* an `optimizer.step()`
-(or `scaler.step(opt)`) that runs between the two -- the classic GAN bug: the
-generator loss is computed from `disc(fake)`, the discriminator optimizer steps,
-then the generator loss is backpropagated.
+Finds an `optimizer.step()` (or `scaler.step(opt)`) that runs between the forward
+that built a loss and that loss's `backward()` -- the classic GAN bug: the generator
+loss is computed from `disc(fake)`, the discriminator optimizer steps, then the
+generator loss is backpropagated.  The finding is at the step (the in-place write,
+where the runtime report puts it too); the message names the backward's line.
 
 ## Why is this bad?
 `optimizer.step()` updates parameters in place.  The graph of `loss` saved those
@@ -288,9 +289,11 @@ No automatic fix: reordering training steps changes what is computed.
 
     def check(self, ctx: FileContext) -> Iterator[Diagnostic]:
         for h in ctx.facts.step_hazards:
-            yield self.diagnostic(ctx, h.backward, f"`{h.step_text}` (line {h.step_line}) updates parameters in place "
-                                  f"between the forward that built `{h.loss}` (line {h.loss_line}) and its backward; call "
-                                  f"`backward()` before the step or recompute `{h.loss}` after it")
+            # Reported at the step -- the in-place write, as the runtime report does.
+            yield self.diagnostic(ctx, h.step or h.backward, f"`{h.step_text}` updates parameters in place that the graph "
+                                  f"of `{h.loss}` (built line {h.loss_line}) saved; its backward at line "
+                                  f"{h.backward.lineno} then fails: call `backward()` before the step or recompute "
+                                  f"`{h.loss}` after it")
 
 
 class SequentialInplaceAfterSaving(Rule):
