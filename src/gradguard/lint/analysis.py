@@ -16,6 +16,7 @@ from gradguard.lint.values import (Facts)
 from gradguard.lint.names import (_CONVENTIONAL, frameworks_in, collect_aliases, _nested_defs)
 from gradguard.lint.modules import ModuleScanner
 from gradguard.lint.statements import ScopeWalker
+from gradguard.lint.summaries import FunctionIndex, FunctionSummary, no_grad_only
 
 
 class FileAnalyzer(ModuleScanner):
@@ -26,6 +27,9 @@ class FileAnalyzer(ModuleScanner):
         self.source = source
         self.facts = Facts(frameworks=frameworks_in(source))
         self.aliases = collect_aliases(tree)
+        self.index: Optional[FunctionIndex] = None
+        self.no_grad_only: set = set()
+        self._summaries: dict = {}
 
     def qual(self, node: ast.AST, local: Optional[set] = None) -> Optional[str]:
         d = dotted(node)
@@ -46,8 +50,43 @@ class FileAnalyzer(ModuleScanner):
             return self.facts
         if "torch" in fw and ("inplace" in self.source or "Sequential" in self.source):
             self._scan_calls()
+        self.index = FunctionIndex(self.tree, self.qual)
+        if "no_grad" in self.source or "inference_mode" in self.source or "set_grad_enabled" in self.source:
+            self.no_grad_only = no_grad_only(self.index, self.tree, self.qual)
         self._analyze_scope(self.tree, None, None)
         return self.facts
+
+    def function_summary(self, name: str, cls_name: Optional[str] = None) -> Optional[FunctionSummary]:
+        """What the file's function ``name`` (or method ``cls_name.name``) does to its
+        arguments; computed once by walking it on the side, None while recursing."""
+        if self.index is None:
+            return None
+        if cls_name is None:
+            fn, cls = self.index.functions.get(name), None
+        else:
+            fn, cls = self.index.methods.get((cls_name, name), (None, None))
+        if fn is None:
+            return None
+        key = id(fn)
+        if key in self._summaries:
+            return self._summaries[key]
+        self._summaries[key] = None  # recursion guard
+        scratch = Facts(frameworks=self.facts.frameworks)
+        walker = ScopeWalker(self, fn, cls, self._class_modules(cls) if cls is not None else {}, facts=scratch)
+        walker.walk_function()
+        positional = [a.arg for a in list(getattr(fn.args, "posonlyargs", [])) + list(fn.args.args)]
+        if walker.is_method and positional:
+            positional = positional[1:]
+        summary = FunctionSummary(positional, [a.arg for a in fn.args.kwonlyargs])
+        for p, obj in walker.param_objs.items():
+            if obj.saves:
+                s = obj.saves[0]
+                summary.saved[p] = (s.op, s.line)
+            for w in scratch.writes:
+                if w.target.obj is obj and w.kind != "data" and p not in summary.written:
+                    summary.written[p] = w.node.lineno
+        self._summaries[key] = summary
+        return summary
 
     # -- whole-file scans -------------------------------------------------
     def _analyze_scope(self, scope: ast.AST, cls: Optional[ast.ClassDef], class_modules: Optional[dict]) -> None:

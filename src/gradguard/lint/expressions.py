@@ -210,7 +210,36 @@ class ExpressionEvaluator:
                 return _OTHER
             if func.id in _PURE_BUILTINS:
                 return Val(MAYBE, Obj(MAYBE), origin=_min_origin(*(v.origin for v in args)))
+            if self.has_torch:
+                self._apply_summary(node, self.fa.function_summary(func.id), args, kwargs, func.id, stmt_level)
         return self._unknown_call(node, args, kwargs)
+
+    def _apply_summary(self, node: ast.Call, summary, args: list, kwargs: dict, label: str, stmt_level: bool) -> None:
+        """A call to a function of this file: its writes to and saves of its parameters
+        happen to the arguments (see ``summaries``)."""
+        if summary is None:
+            return
+        for param, (where, key) in summary.bind(node).items():
+            v = args[key] if where == "pos" else kwargs.get(key)
+            expr = node.args[key] if where == "pos" else next(k.value for k in node.keywords if k.arg == key)
+            if v is None or v.obj is None:
+                continue
+            if param in summary.written:
+                self.record_write("call", node, v, expr, method=label, stmt_level=stmt_level,
+                                  op_text=f"`{label}()` (which writes its argument `{param}` in place, line "
+                                          f"{summary.written[param]})")
+            if param in summary.saved:
+                op, line = summary.saved[param]
+                self.save(v, f"{label}() ({op}, line {line})", node)
+
+    def _apply_function_class(self, node: ast.Call, fsum, args: list, label: str) -> Val:
+        """``MyFn.apply(a, b)``: the tensors MyFn.forward keeps for backward are saved."""
+        for i, how in fsum.saved.items():
+            if i < len(args) and args[i].obj is not None:
+                self.mark_tensor(args[i])
+                self.save(args[i], f"{label}.apply ({how}, line {fsum.line})", node)
+        tensors = [v for v in args if v.obj is not None]
+        return self.new(TENSOR, _min_origin(*(v.origin for v in args)), nograd=bool(tensors) and _all_nograd(*tensors))
 
     def _unknown_call(self, node: ast.Call, args: list, kwargs: dict) -> Val:
         for v in list(args) + list(kwargs.values()):
@@ -255,11 +284,11 @@ class ExpressionEvaluator:
                 if short in T.FUNCTIONAL_OUTPUT_SAVING_WHEN_INPLACE:
                     self.save(x, f"F.{short}", node, output=True)
                 return x.view()
-        if q.startswith(T.TORCH_NON_TENSOR_PREFIXES):
-            return _OTHER
-        # nn.Linear(...) and friends: a module value
+        # nn.Linear(...), nn.Sequential(...) and friends: a module value
         if q.startswith("torch.nn.") and q.count(".") == 2 and short[:1].isupper():
             return Val(OTHER, module=self.fa.module_ctor(node, self.locals))
+        if q.startswith(T.TORCH_NON_TENSOR_PREFIXES):
+            return _OTHER
         display = _display(q)
         tensors = self._tensor_args(args, kwargs)
         if q in _FACTORIES or q.endswith("_like"):
@@ -323,8 +352,13 @@ class ExpressionEvaluator:
             for v in args:
                 self.mark_tensor(v)
             return _OTHER
+        if m == "apply" and rd is not None and self.fa.index is not None and rd in self.fa.index.autograd:
+            return self._apply_function_class(node, self.fa.index.autograd[rd], args, rd)
         if recv.kind == OTHER or recv.obj is None:
             if rd in ("self", "cls") or recv.module is not None:
+                if rd in ("self", "cls") and self.cls is not None and self.has_torch:
+                    self._apply_summary(node, self.fa.function_summary(m, self.cls.name), args, kwargs,
+                                        f"{rd}.{m}", stmt_level)
                 return self._unknown_call(node, args, kwargs)
             return _OTHER  # numpy arrays, lists, strings stay what they are
         if not self.has_torch:
@@ -373,7 +407,7 @@ class ExpressionEvaluator:
 
     def _call_module(self, node: ast.Call, info: ModuleInfo, args: list, stmt_level: bool, text: str) -> Val:
         x = args[0] if args else None
-        label = f"{text} (nn.{info.cls})"
+        label = f"{text} ({info.label})"
         if x is None or x.obj is None:
             return self.new(TENSOR, self.index)
         self.mark_tensor(x)
@@ -385,7 +419,7 @@ class ExpressionEvaluator:
         if info.cls in T.PASSTHROUGH_MODULES:
             return x.view()
         # Layers with parameters save their input whenever the weights require grad.
-        has_params = info.cls in _PARAM_MODULES
+        has_params = info.cls in _PARAM_MODULES or any(i is not None and i.cls in _PARAM_MODULES for i in info.items)
         if info.saves_input:
             self.save(x, label, node, grad_from=None if not has_params else [Val(TENSOR, Obj(TENSOR))])
         out = self.new(TENSOR, self.index, nograd=x.nograd and not has_params)

@@ -20,8 +20,16 @@ class ModuleScanner:
         cls = q.rsplit(".", 1)[1]
         if not cls[:1].isupper():
             return None
+        if cls == "Sequential":
+            items = tuple(self.module_ctor(i, local) if isinstance(i, ast.Call) else None
+                          for i in self._sequential_items(call))
+            return ModuleInfo(cls, False, call, None, items)
         kw = next((k for k in call.keywords if k.arg == "inplace"), None)
         inplace = kw is not None and _is_true(kw.value)
+        text = "True"
+        if kw is not None and cls in T.INPLACE_MODULES and not isinstance(kw.value, ast.Constant):
+            # nn.ReLU(inplace=cfg.inplace): in place on every path where the value is true
+            inplace, text = True, ast.unparse(kw.value)
         if cls == "Threshold" and len(call.args) >= 3 and _is_true(call.args[2]):
             inplace = True
         elif cls in T.INPLACE_MODULES and cls != "Threshold" and call.args and _is_true(call.args[-1]) and len(call.args) >= 1:
@@ -32,7 +40,7 @@ class ModuleScanner:
                                 "FeatureAlphaDropout": 1, "Hardtanh": 2, "RReLU": 2}.get(cls)
             if positional_index is not None and len(call.args) == positional_index + 1:
                 inplace = True
-        return ModuleInfo(cls, inplace, call, kw if inplace else None)
+        return ModuleInfo(cls, inplace, call, kw if inplace else None, inplace_text=text)
 
     def _scan_calls(self) -> None:
         """nn.Sequential chains (GG107) and every ``inplace=True`` (GG402)."""

@@ -15,9 +15,12 @@ from gradguard.lint.expressions import ExpressionEvaluator
 class ScopeWalker(ExpressionEvaluator):
     """Walks one scope in source order, tracking abstract values of names."""
 
-    def __init__(self, fa: Any, scope: ast.AST, cls: Optional[ast.ClassDef], class_modules: dict) -> None:
+    def __init__(self, fa: Any, scope: ast.AST, cls: Optional[ast.ClassDef], class_modules: dict,
+                 facts: Any = None) -> None:
         self.fa = fa  # the FileAnalyzer (not imported: analysis imports this module)
-        self.facts = fa.facts
+        self.facts = fa.facts if facts is None else facts
+        self.param_objs: dict = {}  # parameter name -> its tensor object on entry (for summaries)
+        self.is_method = False
         self.scope = scope
         self.cls = cls
         self.class_modules = class_modules
@@ -84,7 +87,7 @@ class ScopeWalker(ExpressionEvaluator):
     # -- entry points ---------------------------------------------------
     def walk_function(self) -> None:
         fn = self.scope
-        if _decorated_no_grad(fn, self.qual):
+        if _decorated_no_grad(fn, self.qual) or id(fn) in self.fa.no_grad_only:
             self.no_grad += 1
         args = fn.args
         all_args = list(getattr(args, "posonlyargs", [])) + list(args.args) + list(args.kwonlyargs)
@@ -93,6 +96,7 @@ class ScopeWalker(ExpressionEvaluator):
         defaults.update({a.arg: d for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is not None})
         is_method = self.cls is not None and not any(
             (dotted(d) or "") == "staticmethod" for d in fn.decorator_list)
+        self.is_method = is_method
         ag_fn = _is_autograd_function(self.cls, self.qual) and fn.name == "forward"
         for i, a in enumerate(all_args):
             self.locals.add(a.arg)
@@ -114,6 +118,7 @@ class ScopeWalker(ExpressionEvaluator):
             self.params.add(a.arg)
             if v.obj is not None:
                 v.obj.names.add(a.arg)
+                self.param_objs[a.arg] = v.obj
             self.env[a.arg] = Binding(a.arg, v, -1)
         for a in (args.vararg, args.kwarg):
             if a is not None:

@@ -47,14 +47,39 @@ class ModuleInfo:
     inplace: bool
     node: ast.Call
     inplace_kw: Optional[ast.keyword]
+    items: tuple = ()  # nn.Sequential: its recognised modules in order (None for unknown ones)
+    inplace_text: str = "True"  # `inplace=cfg.inplace`: a value only known at run time
+
+    @property
+    def last(self) -> Optional["ModuleInfo"]:
+        """nn.Sequential: the module whose output is the chain's output (passthrough and
+        in-place non-saving modules return the tensor before them)."""
+        for item in reversed(self.items):
+            if item is None:
+                return None
+            if item.cls in T.PASSTHROUGH_MODULES or (item.inplace and not item.saves_output):
+                continue
+            return item
+        return None
 
     @property
     def saves_output(self) -> bool:
+        if self.cls == "Sequential":
+            last = self.last
+            return last is not None and last.saves_output
         return self.cls in T.OUTPUT_SAVING_MODULES or (self.inplace and self.cls in T.OUTPUT_SAVING_WHEN_INPLACE)
 
     @property
     def saves_input(self) -> bool:
+        if self.cls == "Sequential":
+            return bool(self.items) and self.items[0] is not None and self.items[0].saves_input
         return self.cls in T.INPUT_SAVING_MODULES or (not self.inplace and self.cls in T.INPUT_SAVING_UNLESS_INPLACE)
+
+    @property
+    def label(self) -> str:
+        if self.cls == "Sequential" and self.last is not None:
+            return f"nn.Sequential ending in nn.{self.last.cls}"
+        return f"nn.{self.cls}"
 
 
 @dataclass(eq=False)

@@ -9,7 +9,7 @@ from gradguard.lint.base import FileContext, Fix
 from gradguard.lint.values import Write
 
 
-_WRITE_KINDS = ("method", "torch_func", "augassign", "inplace_kw", "inplace_module")
+_WRITE_KINDS = ("method", "torch_func", "augassign", "inplace_kw", "inplace_module", "call", "out")
 
 
 _AUG_SYMBOL = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//", ast.Mod: "%",
@@ -42,7 +42,9 @@ def _describe(w: Write) -> str:
     if w.kind == "inplace_kw":
         return f"`F.{w.method}({n}, inplace=True)`"
     if w.kind == "inplace_module":
-        return f"`{w.op_text}` with inplace=True"
+        return f"`{w.op_text}` with inplace={w.ctor.inplace_text if w.ctor is not None else 'True'}"
+    if w.kind in ("call", "out"):
+        return w.op_text
     return "the write"
 
 
@@ -78,6 +80,10 @@ def _out_of_place_fix(ctx: FileContext, w: Write) -> tuple[Optional[Fix], str]:
             return (ctx.fix("drop_inplace_assign", w.node, w.safe(), f"Rewrite as `{n} = F.{w.method}({n})`"),
                     f"use `{n} = F.{w.method}({n})`")
         return ctx.fix("drop_inplace", w.node, w.safe(), "Remove `inplace=True`"), "drop `inplace=True`"
+    if w.kind == "call":
+        return None, f"pass a clone (`{n}.clone()`) or make `{w.method}` compute out of place"
+    if w.kind == "out":
+        return _out_fix(ctx, w)
     if w.kind == "inplace_module" and w.ctor is not None:
         attr = w.op_text.split(" ")[0].split(".")[-1]
         # Dropping inplace=True at the constructor is invisible to callers that use
@@ -129,3 +135,12 @@ def _fresh_buffer_fix(ctx: FileContext, w: Write) -> tuple[Optional[Fix], str]:
             return None, f"write into a fresh tensor (`torch.empty_like({n}).{w.method}(...)`) or a clone"
         return None, "write to a clone (`.clone()`) instead"
     return ctx.fix("twin", w.stmt, False, f"Rewrite as `{twin}`", twin), f"use `{twin}`"
+
+
+def _out_fix(ctx: FileContext, w: Write) -> tuple[Optional[Fix], str]:
+    """``torch.clamp(a, 0, 1, out=a)`` -> ``a = torch.clamp(a, 0, 1)`` (from ``_findings.twins``)."""
+    text = ctx.segment(w.stmt) if w.stmt_level and isinstance(w.stmt, ast.Expr) else None
+    twin = twins.twin_statement(text, "(out=)") if text else None
+    if twin is None:
+        return None, "drop `out=` and assign the result to a new tensor"
+    return ctx.fix("twin", w.stmt, w.safe(), f"Rewrite as `{twin}`", twin), f"use `{twin}`"
