@@ -60,7 +60,49 @@ class ExpressionEvaluator:
                     v.obj.escaped = True
         return _OTHER
 
-    ev_Tuple = ev_List = ev_Set = ev_Dict = _containers
+    ev_Set = _containers
+
+    def _sequence(self, node: ast.AST) -> Val:
+        """``[lat0(c0), lat1(c1)]``: a container that remembers its items, so that
+        ``laterals[0] += ...`` writes the tensor ``lat0`` returned."""
+        items: dict = {}
+        starred = False
+        for i, e in enumerate(node.elts):
+            v = self.ev(e)
+            starred = starred or isinstance(e, ast.Starred)
+            if v.obj is not None:
+                v.obj.escaped = True
+            items[i] = v
+        n = len(items)
+        if starred:
+            return Val(OTHER, temp=True)
+        items.update({i - n: v for i, v in list(items.items())})
+        return Val(OTHER, items=items)
+
+    ev_Tuple = ev_List = _sequence
+
+    def ev_Dict(self, node: ast.Dict) -> Val:
+        items: dict = {}
+        for k, e in zip(node.keys, node.values):
+            if k is not None:
+                self.ev(k)
+            v = self.ev(e)
+            if v.obj is not None:
+                v.obj.escaped = True
+            if isinstance(k, ast.Constant) and isinstance(k.value, (str, int)):
+                items[k.value] = v
+        return Val(OTHER, items=items)
+
+    def item_of(self, base: Val, sl: ast.AST) -> Optional[Val]:
+        """The item ``base[sl]`` of a container display, for a constant index or key."""
+        if base.items is None:
+            return None
+        key = sl.value if isinstance(sl, ast.Constant) else None
+        if isinstance(sl, ast.UnaryOp) and isinstance(sl.op, ast.USub) and isinstance(sl.operand, ast.Constant):
+            key = -sl.operand.value if isinstance(sl.operand.value, int) else None
+        if isinstance(key, (int, str)) and not isinstance(key, bool):
+            return base.items.get(key)
+        return None
 
     def _opaque(self, node: ast.AST) -> Val:
         # Comprehensions and lambdas run later or in their own scope: record the
@@ -114,6 +156,9 @@ class ExpressionEvaluator:
     def ev_Subscript(self, node: ast.Subscript) -> Val:
         base = self.ev(node.value)
         self.ev(node.slice)
+        item = self.item_of(base, node.slice)
+        if item is not None:
+            return item
         if base.kind == JAX:
             return self.new(JAX)
         if base.obj is None or base.kind == OTHER:

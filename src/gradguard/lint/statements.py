@@ -19,6 +19,7 @@ class ScopeWalker(ExpressionEvaluator):
                  facts: Any = None) -> None:
         self.fa = fa  # the FileAnalyzer (not imported: analysis imports this module)
         self.facts = fa.facts if facts is None else facts
+        self.loop_depth = 0
         self.param_objs: dict = {}  # parameter name -> its tensor object on entry (for summaries)
         self.is_method = False
         self.scope = scope
@@ -187,7 +188,7 @@ class ScopeWalker(ExpressionEvaluator):
             self.branch.pop()
         elif isinstance(stmt, ast.While):
             self.ev(stmt.test)
-            self.walk_body(stmt.body)
+            self.walk_loop(stmt, lambda: self.ev(stmt.test))
             self.walk_body(stmt.orelse)
         elif isinstance(stmt, (ast.For, ast.AsyncFor)):
             it = self.ev(stmt.iter)
@@ -198,11 +199,15 @@ class ScopeWalker(ExpressionEvaluator):
                 item = Val(TENSOR, Obj(TENSOR, external=True), temp=False)
             elif it.kind == OTHER and not isinstance(call, (ast.Name, ast.Attribute, ast.Call)):
                 item = Val(OTHER, temp=False)
-            if isinstance(stmt.target, ast.Name):
-                self.bind(stmt.target.id, item)
-            else:
-                self.assign(stmt.target, Val(MAYBE, Obj(MAYBE, external=True), temp=False), None)
-            self.walk_body(stmt.body)
+
+            def bind_target() -> None:
+                if isinstance(stmt.target, ast.Name):
+                    self.bind(stmt.target.id, item.view(obj=Obj(item.obj.kind, external=True)) if item.obj else item)
+                else:
+                    self.assign(stmt.target, Val(MAYBE, Obj(MAYBE, external=True), temp=False), None)
+
+            bind_target()
+            self.walk_loop(stmt, bind_target)
             self.walk_body(stmt.orelse)
         elif isinstance(stmt, (ast.With, ast.AsyncWith)):
             self.walk_with(stmt)
@@ -238,6 +243,17 @@ class ScopeWalker(ExpressionEvaluator):
             self.ev(stmt.subject)
             for case in stmt.cases:
                 self.walk_body(case.body)
+
+    def walk_loop(self, stmt: ast.AST, next_iteration) -> None:
+        """A loop body, twice when not nested deeper than two loops: the second walk
+        sees what the first iteration saved (the back edge), so a write in iteration
+        k+1 into a tensor iteration k saved -- ``h += ...`` after ``o = h * w`` -- is found."""
+        self.loop_depth += 1
+        self.walk_body(stmt.body)
+        if self.loop_depth <= 2:
+            next_iteration()
+            self.walk_body(stmt.body)
+        self.loop_depth -= 1
 
     def walk_with(self, stmt: ast.AST) -> None:
         pushed_grad = 0
@@ -330,6 +346,14 @@ class ScopeWalker(ExpressionEvaluator):
     def setitem(self, target: ast.Subscript, v: Optional[Val], aug: Optional[ast.AugAssign]) -> None:
         base = self.ev(target.value)
         self.ev(target.slice)
+        item = self.item_of(base, target.slice)
+        if item is not None:
+            if aug is not None and item.obj is not None and not isinstance(aug.op, ast.MatMult):
+                # laterals[0] += x: `__iadd__` on the tensor stored there, in place
+                self.record_write("augassign", aug, item, target, target_name=ast.get_source_segment(self.fa.source, target) or ast.unparse(target))
+            elif aug is None:
+                base.items[item_key(target.slice)] = v if v is not None else Val(MAYBE, Obj(MAYBE))
+            return
         if base.kind == JAX:
             self.record_write("jax_setitem", target, base, target.value)
             return
@@ -437,3 +461,9 @@ class ScopeWalker(ExpressionEvaluator):
         self.facts.writes.append(w)
 
     # -- expressions ----------------------------------------------------
+
+
+def item_key(sl: ast.AST) -> object:
+    if isinstance(sl, ast.UnaryOp) and isinstance(sl.operand, ast.Constant):
+        return -sl.operand.value
+    return sl.value if isinstance(sl, ast.Constant) else None

@@ -94,6 +94,7 @@ class Val:
     module: Optional[ModuleInfo] = None
     optimizer: bool = False
     nograd: bool = False  # cannot require grad: factories, ids/masks, .detach(), int casts
+    items: Optional[dict] = None  # a list/tuple/dict display: constant index or key -> Val
 
     def view(self, **changes: object) -> "Val":
         """A value sharing this one's tensor object (a view or alias)."""
