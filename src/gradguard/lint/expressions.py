@@ -140,7 +140,7 @@ class ExpressionEvaluator:
         base = self.ev(node.value)
         attr = node.attr
         if attr == "data" and base.obj is not None:
-            return base.view(via_data=True, nograd=True)
+            return base.view(via_data=True, nograd=True, leaf=None, multi_view=None)
         if attr in T.NON_TENSOR_RESULTS:
             return _OTHER
         if attr in ("T", "mT", "H", "mH", "real", "imag") and base.obj is not None:
@@ -259,6 +259,15 @@ class ExpressionEvaluator:
                 self._apply_summary(node, self.fa.function_summary(func.id), args, kwargs, func.id, stmt_level)
         return self._unknown_call(node, args, kwargs)
 
+    def _share_numpy(self, arr_node: ast.AST, arr: Val, tensor: Val, node: ast.Call) -> None:
+        """``t = torch.from_numpy(a)``: ``a`` and ``t`` share one buffer, and NumPy's
+        in-place writes to ``a`` bump no version counter."""
+        if isinstance(arr_node, ast.Name):
+            b = self.env.get(arr_node.id)
+            if b is not None:
+                b.val = b.val.view(np_tensor=tensor.obj, temp=False)  # never mutate a shared value
+        tensor.obj.names.add(f"from_numpy@{node.lineno}")
+
     def _apply_summary(self, node: ast.Call, summary, args: list, kwargs: dict, label: str, stmt_level: bool) -> None:
         """A call to a function of this file: its writes to and saves of its parameters
         happen to the arguments (see ``summaries``)."""
@@ -329,16 +338,41 @@ class ExpressionEvaluator:
                 if short in T.FUNCTIONAL_OUTPUT_SAVING_WHEN_INPLACE:
                     self.save(x, f"F.{short}", node, output=True)
                 return x.view()
+        if q in ("torch.nn.Parameter", "torch.nn.parameter.Parameter"):
+            rg = next((k.value for k in node.keywords if k.arg == "requires_grad"), None)
+            out = self.new(TENSOR, None)
+            if rg is None or _is_true(rg):
+                out.leaf = f"an nn.Parameter (line {node.lineno})"
+            return out
         # nn.Linear(...), nn.Sequential(...) and friends: a module value
         if q.startswith("torch.nn.") and q.count(".") == 2 and short[:1].isupper():
             return Val(OTHER, module=self.fa.module_ctor(node, self.locals))
+        if q in ("torch.utils.checkpoint.checkpoint", "torch.utils.checkpoint.checkpoint_sequential"):
+            # checkpoint keeps its tensor inputs to rerun the forward at backward time
+            for v in self._tensor_args(args[1:], kwargs):
+                self.save(v, "checkpoint", node)
+            return self.new(TENSOR, _min_origin(*(v.origin for v in args)))
+        out_kw = next((k for k in node.keywords if k.arg == "out"), None)
+        if out_kw is not None and "out" in kwargs and kwargs["out"].obj is not None:
+            # torch.clamp(a, 0, 1, out=a): writes `a` in place
+            self.mark_tensor(kwargs["out"])
+            self.record_write("out", node, kwargs["out"], out_kw.value, method=q, stmt_level=stmt_level,
+                              op_text=f"`{_display(q)}(..., out={ast.unparse(out_kw.value)})`")
+            return kwargs["out"].view()
         if q.startswith(T.TORCH_NON_TENSOR_PREFIXES):
             return _OTHER
         display = _display(q)
         tensors = self._tensor_args(args, kwargs)
+        if q == "torch.from_numpy" and args and node.args:
+            out = self.new(TENSOR, None, nograd=True)
+            self._share_numpy(node.args[0], args[0], out, node)
+            return out
         if q in _FACTORIES or q.endswith("_like"):
             rg = next((k.value for k in node.keywords if k.arg == "requires_grad"), None)
-            return self.new(TENSOR, None, nograd=rg is None or (isinstance(rg, ast.Constant) and not rg.value))
+            out = self.new(TENSOR, None, nograd=rg is None or (isinstance(rg, ast.Constant) and not rg.value))
+            if _is_true(rg):
+                out.leaf = f"created with requires_grad=True (line {node.lineno})"
+            return out
         if q in T.OUTPUT_SAVING_FUNCS:
             for v in args[:1]:
                 self.mark_tensor(v)
@@ -397,6 +431,8 @@ class ExpressionEvaluator:
             for v in args:
                 self.mark_tensor(v)
             return _OTHER
+        if recv.module is not None and m in _MODULE_SELF_METHODS:
+            return recv  # nn.Sequential(...).double(), module.to(device), .eval(): the same module
         if m == "apply" and rd is not None and self.fa.index is not None and rd in self.fa.index.autograd:
             return self._apply_function_class(node, self.fa.index.autograd[rd], args, rd)
         if recv.kind == OTHER or recv.obj is None:
@@ -422,7 +458,11 @@ class ExpressionEvaluator:
             return recv.view()
         if m in T.VIEW_METHODS:
             self.mark_tensor(recv)
-            return recv.view(nograd=recv.nograd or m == "detach")
+            if m == "detach":  # shares the version counter, but is no leaf and needs no grad
+                return recv.view(nograd=True, leaf=None, multi_view=None)
+            if m in _MULTI_VIEW:
+                return recv.view(multi_view=f"`.{m}()` (line {node.lineno})")
+            return recv.view()
         if m in T.NON_TENSOR_RESULTS:
             return _OTHER
         if m in T.OUTPUT_SAVING_METHODS:
@@ -495,6 +535,10 @@ _FACTORIES = frozenset(f"torch.{n}" for n in (
     "empty_strided", "bernoulli", "multinomial", "normal"))
 _TENSOR_KWARGS = frozenset({"input", "other", "weight", "bias", "mat1", "mat2", "tensor", "query", "key", "value",
                             "target", "exponent", "tensors"})
+_MODULE_SELF_METHODS = frozenset({"double", "float", "half", "bfloat16", "to", "cuda", "cpu", "train", "eval",
+                                  "requires_grad_", "zero_grad"})
+_MULTI_VIEW = frozenset({"split", "chunk", "unbind", "tensor_split", "split_with_sizes", "hsplit", "vsplit",
+                         "dsplit"})
 _INT_CASTS = frozenset({"long", "int", "bool", "short", "byte", "char"})
 _INT_DTYPES = frozenset({"long", "int", "int64", "int32", "int16", "int8", "uint8", "bool"})
 _PARAM_MODULES = frozenset({"Linear", "Bilinear", "LazyLinear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d",

@@ -194,15 +194,20 @@ class ScopeWalker(ExpressionEvaluator):
             it = self.ev(stmt.iter)
             item = Val(MAYBE, Obj(MAYBE, external=True), temp=False)
             call = stmt.iter
-            if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
-                    and call.func.attr in ("parameters", "named_parameters")):
-                item = Val(TENSOR, Obj(TENSOR, external=True), temp=False)
+            params_loop = (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+                           and call.func.attr in ("parameters", "named_parameters"))
+            if params_loop:
+                item = Val(TENSOR, Obj(TENSOR, external=True), temp=False,
+                           leaf=f"a parameter from `.{call.func.attr}()` (line {stmt.lineno})")
             elif it.kind == OTHER and not isinstance(call, (ast.Name, ast.Attribute, ast.Call)):
                 item = Val(OTHER, temp=False)
 
             def bind_target() -> None:
                 if isinstance(stmt.target, ast.Name):
                     self.bind(stmt.target.id, item.view(obj=Obj(item.obj.kind, external=True)) if item.obj else item)
+                elif params_loop and isinstance(stmt.target, ast.Tuple) and len(stmt.target.elts) == 2:
+                    self.assign(stmt.target.elts[0], Val(OTHER, temp=False), None)  # for name, p in named_parameters()
+                    self.assign(stmt.target.elts[1], item.view(obj=Obj(TENSOR, external=True)), None)
                 else:
                     self.assign(stmt.target, Val(MAYBE, Obj(MAYBE, external=True), temp=False), None)
 
@@ -303,6 +308,12 @@ class ScopeWalker(ExpressionEvaluator):
                     # values already evaluated: re-read names without recording a second read
                     self.assign(t, self._peek(e), None)
                 return
+            if v.items is not None and not any(isinstance(e, ast.Starred) for e in target.elts) \
+                    and sum(1 for k in v.items if isinstance(k, int) and k >= 0) == len(target.elts) \
+                    and all(i in v.items for i in range(len(target.elts))):
+                for i, t in enumerate(target.elts):  # e, s = pair  (pair = (torch.exp(x), x))
+                    self.assign(t, v.items[i], None)
+                return
             views = (isinstance(value_node, ast.Call) and isinstance(value_node.func, ast.Attribute)
                      and value_node.func.attr in ("split", "chunk", "unbind", "tensor_split")
                      and v.obj is not None)
@@ -311,7 +322,7 @@ class ScopeWalker(ExpressionEvaluator):
                 if v.kind == OTHER:  # h, w = x.shape
                     self.assign(t, Val(OTHER), None)
                 elif views:
-                    self.assign(t, v.view(temp=True), None)
+                    self.assign(t, v.view(temp=True, multi_view=f"`.{value_node.func.attr}()` (line {value_node.lineno})"), None)
                 else:
                     kind = JAX if v.kind == JAX else MAYBE
                     self.assign(t, Val(kind, Obj(kind), origin=v.origin), None)
@@ -346,6 +357,11 @@ class ScopeWalker(ExpressionEvaluator):
     def setitem(self, target: ast.Subscript, v: Optional[Val], aug: Optional[ast.AugAssign]) -> None:
         base = self.ev(target.value)
         self.ev(target.slice)
+        if base.np_tensor is not None:
+            self.record_write("numpy", aug or target, Val(TENSOR, base.np_tensor), None,
+                              target_name=ast.get_source_segment(self.fa.source, target.value) or "the array",
+                              op_text="item assignment")
+            return
         item = self.item_of(base, target.slice)
         if item is not None:
             if aug is not None and item.obj is not None and not isinstance(aug.op, ast.MatMult):
@@ -385,6 +401,11 @@ class ScopeWalker(ExpressionEvaluator):
             self.ev(t)
             return
         cur = self.lookup(name) if isinstance(t, ast.Name) else self._attr_place(t)
+        if cur.np_tensor is not None and not isinstance(stmt.op, ast.MatMult):
+            # a -= a.mean() on the array torch.from_numpy(a) wraps: an unversioned write
+            self.record_write("numpy", stmt, Val(TENSOR, cur.np_tensor), None, target_name=name,
+                              op_text=f"`{name} {_aug_text(stmt.op)}= ...`")
+            return
         if cur.kind in (OTHER, JAX) or cur.obj is None:
             # numbers, lists, immutable JAX arrays: `+=` rebinds, nothing is written
             kind = JAX if (cur.kind == JAX or v.kind == JAX) else (OTHER if v.kind == OTHER and cur.kind == OTHER else MAYBE)
@@ -467,3 +488,8 @@ def item_key(sl: ast.AST) -> object:
     if isinstance(sl, ast.UnaryOp) and isinstance(sl.operand, ast.Constant):
         return -sl.operand.value
     return sl.value if isinstance(sl, ast.Constant) else None
+
+
+def _aug_text(op: ast.operator) -> str:
+    return {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//", ast.Mod: "%",
+            ast.Pow: "**"}.get(type(op), "?")

@@ -95,6 +95,9 @@ class Val:
     optimizer: bool = False
     nograd: bool = False  # cannot require grad: factories, ids/masks, .detach(), int casts
     items: Optional[dict] = None  # a list/tuple/dict display: constant index or key -> Val
+    leaf: Optional[str] = None  # a leaf that requires grad (or a view of one): how we know
+    multi_view: Optional[str] = None  # an output of split/chunk/unbind (one node, several views)
+    np_tensor: Optional[Obj] = None  # a NumPy array whose buffer torch.from_numpy shares with this tensor
 
     def view(self, **changes: object) -> "Val":
         """A value sharing this one's tensor object (a view or alias)."""

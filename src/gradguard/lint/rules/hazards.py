@@ -208,11 +208,13 @@ class DataWriteOnSavedTensor(Rule):
     doc = """
 ## What it does
 Finds writes through `.data` (`w.data.mul_(...)`, `w.data[...] = ...`, `w.data = ...`)
-to a tensor that an earlier operation in the same function saved for backward.
+to a tensor that an earlier operation in the same function saved for backward, and
+NumPy in-place writes (`a -= a.mean()`, `a[i] = v`) to an array whose buffer
+`torch.from_numpy(a)` shares with a saved tensor.
 
 ## Why is this bad?
-`.data` shares storage with the tensor but not its version counter, so autograd
-cannot notice the change: `backward()` runs and returns *wrong gradients* without
+`.data` shares storage with the tensor but not its version counter (and NumPy has
+none at all), so autograd cannot notice the change: `backward()` runs and returns *wrong gradients* without
 any error.
 
 ## Example
@@ -239,6 +241,13 @@ error.  That changes behaviour, so the fix is unsafe; move the write after
 
     def check(self, ctx: FileContext) -> Iterator[Diagnostic]:
         for w in ctx.facts.writes:
+            if w.kind == "numpy" and w.saves:
+                s = w.saves[0]
+                yield self.diagnostic(ctx, w.node, f"NumPy {w.op_text} writes `{_name(w)}` in place, whose buffer a "
+                                      f"tensor shares (`torch.from_numpy`) that `{s.op}` (line {s.line}) saved for "
+                                      f"backward: NumPy bumps no version counter, so gradients will be silently "
+                                      f"wrong; write to a copy (`{_name(w)} = {_name(w)} - ...`) or after backward")
+                continue
             if w.kind != "data" or not w.saves:
                 continue
             s = w.saves[0]
@@ -471,3 +480,111 @@ No automatic fix.
             if e.kind == "numpy":
                 yield self.diagnostic(ctx, e.node, f"`{e.text}` inside `tf.GradientTape` leaves the graph: no gradient "
                                       f"flows through it; keep the computation in TensorFlow ops")
+
+
+class InplaceOnLeaf(Rule):
+    code = "GG111"
+    name = "inplace-on-leaf"
+    summary = "In-place write to a leaf tensor that requires grad, outside torch.no_grad()"
+    fix_safety = SOMETIMES
+    doc = """
+## What it does
+Finds in-place writes (`s -= lr * s.grad`, `p.fill_(1)`, `p[0] = 0`,
+`torch.clamp(a, 0, 1, out=a)`, writes into a view such as `p.chunk(4)[1].fill_(1)`)
+to a leaf tensor that requires grad -- created with `requires_grad=True`, an
+`nn.Parameter(...)`, or a parameter from `.parameters()` / `.named_parameters()` --
+outside `torch.no_grad()`.  `nn.init.*_` functions are not reported (they run
+under `no_grad` themselves).
+
+## Why is this bad?
+PyTorch refuses at once: "a leaf Variable that requires grad is being used in an
+in-place operation" (or, for `out=`, "functions with out=... arguments don't support
+automatic differentiation").  Updates to parameters belong under `torch.no_grad()`;
+a new value belongs in a new tensor.
+
+## Example
+```python
+s = torch.randn(3, requires_grad=True)
+s.sum().backward()
+s -= 0.1 * s.grad
+```
+
+Use instead:
+```python
+s = torch.randn(3, requires_grad=True)
+s.sum().backward()
+with torch.no_grad():
+    s -= 0.1 * s.grad
+```
+
+## Fix safety
+The fix rewrites the write out of place (`s = s - 0.1 * s.grad`) where a twin
+exists: the program stops raising, but `s` is then no longer the leaf an optimizer
+or a caller holds, so it is unsafe for anything but a local that nothing else
+refers to.
+"""
+
+    def check(self, ctx: FileContext) -> Iterator[Diagnostic]:
+        for w in ctx.facts.writes:
+            if w.kind not in _LEAF_WRITE_KINDS or w.in_no_grad or not w.target.leaf:
+                continue
+            if w.kind == "torch_func" and (w.method or "").startswith("torch.nn.init."):
+                continue
+            fix, hint = _out_of_place_fix(ctx, w) if w.kind != "setitem" else (None, "")
+            hint = hint if fix is not None else ""
+            what = _describe(w) if w.kind != "setitem" else f"item assignment into `{_name(w)}`"
+            yield self.diagnostic(ctx, w.node, f"{what} writes in place to a leaf that requires grad "
+                                  f"({w.target.leaf}): PyTorch raises at once; do it under `torch.no_grad()`"
+                                  f"{' or ' + hint if hint else ''}", fix)
+
+
+class InplaceOnMultiOutputView(Rule):
+    code = "GG112"
+    name = "inplace-on-multi-output-view"
+    summary = "In-place write to an output of split/chunk/unbind that requires grad"
+    fix_safety = SOMETIMES
+    doc = """
+## What it does
+Finds in-place writes to the outputs of `split`, `chunk`, `unbind`, `tensor_split`
+(`q, k, v = qkv.unbind(0)` then `q *= scale`; `x.chunk(2)[0].add_(1)`) when the
+split tensor may require grad and grad is enabled.
+
+## Why is this bad?
+These functions return several views of one tensor from one backward node; PyTorch
+rejects an in-place write to any of them at once: "Output 0 of UnbindBackward0 is a
+view and is being modified inplace. This view is the output of a function that
+returns multiple views. Such functions do not allow the output views to be modified
+inplace".
+
+## Example
+```python
+q, k, v = qkv.unbind(0)
+q *= 0.125
+```
+
+Use instead:
+```python
+q, k, v = qkv.unbind(0)
+q = q * 0.125
+```
+
+## Fix safety
+The fix writes out of place (`q = q * 0.125`).  Safe when the view is a local name
+nothing else refers to: the in-place form could not have run with grad enabled, and
+without grad the values are the same.
+"""
+
+    def check(self, ctx: FileContext) -> Iterator[Diagnostic]:
+        for w in ctx.facts.writes:
+            t = w.target
+            if (w.kind not in _LEAF_WRITE_KINDS or w.in_no_grad or not t.multi_view or t.leaf
+                    or t.nograd or t.via_data):
+                continue
+            fix, hint = _out_of_place_fix(ctx, w) if w.kind != "setitem" else (None, "clone it first")
+            what = _describe(w) if w.kind != "setitem" else f"item assignment into `{_name(w)}`"
+            yield self.diagnostic(ctx, w.node, f"{what} writes in place to an output of {t.multi_view}, which "
+                                  f"returns several views of one tensor: with grad enabled PyTorch raises at once; "
+                                  f"{hint}", fix)
+
+
+_LEAF_WRITE_KINDS = ("method", "torch_func", "augassign", "inplace_kw", "setitem", "out")
