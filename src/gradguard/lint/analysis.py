@@ -30,6 +30,8 @@ class FileAnalyzer(ModuleScanner):
         self.index: Optional[FunctionIndex] = None
         self.no_grad_only: set = set()
         self._summaries: dict = {}
+        self.call_sites: dict = {}  # id(top-level FunctionDef) -> [{param: the argument cannot require grad}]
+        self._spans: dict = {}  # id(FunctionDef) -> where its facts are, for a re-walk
 
     def qual(self, node: ast.AST, local: Optional[set] = None) -> Optional[str]:
         d = dotted(node)
@@ -54,7 +56,49 @@ class FileAnalyzer(ModuleScanner):
         if "no_grad" in self.source or "inference_mode" in self.source or "set_grad_enabled" in self.source:
             self.no_grad_only = no_grad_only(self.index, self.tree, self.qual)
         self._analyze_scope(self.tree, None, None)
+        self._rewalk_with_nograd_arguments()
         return self.facts
+
+    _FACT_LISTS = ("writes", "step_hazards", "ctx_stores", "tape_events")
+
+    def note_call(self, name: str, node: ast.Call, args: list, kwargs: dict) -> None:
+        """A call ``name(...)`` of a top-level function of this file: which of its
+        parameters get a value that cannot require grad (missing ones take a default)."""
+        fn = self.index.functions.get(name) if self.index is not None else None
+        if fn is None:
+            return
+        params = [a.arg for a in list(getattr(fn.args, "posonlyargs", [])) + list(fn.args.args)]
+        if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords):
+            self.call_sites.setdefault(id(fn), []).append({})
+            return
+        given = {p: v for p, v in zip(params, args)}
+        given.update({k: v for k, v in kwargs.items() if k in params})
+        self.call_sites.setdefault(id(fn), []).append(
+            {p: (p not in given or given[p].obj is None or given[p].nograd) for p in params})
+
+    def _rewalk_with_nograd_arguments(self) -> None:
+        """Walk again, with those parameters known not to require grad, each top-level
+        function that every call in the file passes no-grad values (and that is not
+        used as a value): ``rescale_zero_terminal_snr(self.betas)`` with betas from
+        ``torch.linspace`` saves nothing a backward needs."""
+        if self.index is None:
+            return
+        for fn in self.index.functions.values():
+            calls = self.call_sites.get(id(fn))
+            span = self._spans.get(id(fn))
+            if not calls or span is None or id(fn) in self.index.value_used:
+                continue
+            nograd = {p for p in calls[0] if all(c.get(p, False) for c in calls)}
+            if not nograd:
+                continue
+            scratch = Facts(frameworks=self.facts.frameworks)
+            walker = ScopeWalker(self, fn, None, {}, facts=scratch)
+            walker.nograd_params = nograd
+            walker.walk_function()
+            for name in self._FACT_LISTS:  # the function's facts, replaced (by identity)
+                kept = [x for x in getattr(self.facts, name) if id(x) not in span[name]]
+                setattr(self.facts, name, kept + getattr(scratch, name))
+            self._spans.pop(id(fn))
 
     def function_summary(self, name: str, cls_name: Optional[str] = None) -> Optional[FunctionSummary]:
         """What the file's function ``name`` (or method ``cls_name.name``) does to its
@@ -78,6 +122,7 @@ class FileAnalyzer(ModuleScanner):
         if walker.is_method and positional:
             positional = positional[1:]
         summary = FunctionSummary(positional, [a.arg for a in fn.args.kwonlyargs])
+        summary.returns_nograd = bool(walker.returns) and all(v.obj is None or v.nograd for v in walker.returns)
         for p, obj in walker.param_objs.items():
             if obj.saves:
                 s = obj.saves[0]
@@ -92,7 +137,9 @@ class FileAnalyzer(ModuleScanner):
     def _analyze_scope(self, scope: ast.AST, cls: Optional[ast.ClassDef], class_modules: Optional[dict]) -> None:
         body = scope.body
         if isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            before = {n: len(getattr(self.facts, n)) for n in self._FACT_LISTS}
             ScopeWalker(self, scope, cls, class_modules or {}).walk_function()
+            self._spans[id(scope)] = {n: {id(x) for x in getattr(self.facts, n)[before[n]:]} for n in self._FACT_LISTS}
         elif isinstance(scope, ast.Module):
             ScopeWalker(self, scope, None, {}).walk_module()
         for stmt in _nested_defs(body):

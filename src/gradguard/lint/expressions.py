@@ -256,7 +256,12 @@ class ExpressionEvaluator:
             if func.id in _PURE_BUILTINS:
                 return Val(MAYBE, Obj(MAYBE), origin=_min_origin(*(v.origin for v in args)))
             if self.has_torch:
-                self._apply_summary(node, self.fa.function_summary(func.id), args, kwargs, func.id, stmt_level)
+                summary = self.fa.function_summary(func.id)
+                self._apply_summary(node, summary, args, kwargs, func.id, stmt_level)
+                self.fa.note_call(func.id, node, args, kwargs)
+                if summary is not None and summary.returns_nograd:
+                    self._unknown_call(node, args, kwargs)
+                    return self.new(MAYBE, self.index, nograd=True)
         return self._unknown_call(node, args, kwargs)
 
     def _share_numpy(self, arr_node: ast.AST, arr: Val, tensor: Val, node: ast.Call) -> None:
@@ -456,6 +461,9 @@ class ExpressionEvaluator:
             if not all(a.nograd or a.obj is None for a in args):
                 recv.nograd = False  # writing a grad-requiring value makes it require grad
             return recv.view()
+        if m == "split" and (not node.args or (isinstance(node.args[0], ast.Constant)
+                                               and isinstance(node.args[0].value, str)) or "sep" in kwargs):
+            return _OTHER  # str.split: Tensor.split always takes a size
         if m in T.VIEW_METHODS:
             self.mark_tensor(recv)
             if m == "detach":  # shares the version counter, but is no leaf and needs no grad

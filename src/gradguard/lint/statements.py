@@ -20,6 +20,8 @@ class ScopeWalker(ExpressionEvaluator):
         self.fa = fa  # the FileAnalyzer (not imported: analysis imports this module)
         self.facts = fa.facts if facts is None else facts
         self.loop_depth = 0
+        self.returns: list = []  # values of the `return` statements
+        self.nograd_params: set = set()  # parameters every call site in the file passes a no-grad value
         self.param_objs: dict = {}  # parameter name -> its tensor object on entry (for summaries)
         self.is_method = False
         self.scope = scope
@@ -115,7 +117,7 @@ class ScopeWalker(ExpressionEvaluator):
             if kind is None:
                 kind = OTHER if isinstance(d, ast.Constant) and d.value is not None else MAYBE
             v = Val(kind, Obj(kind, external=True) if kind != OTHER else None, temp=False,
-                    nograd=bool(_NOGRAD_NAME_RE.search(a.arg)))
+                    nograd=bool(_NOGRAD_NAME_RE.search(a.arg)) or a.arg in self.nograd_params)
             self.params.add(a.arg)
             if v.obj is not None:
                 v.obj.names.add(a.arg)
@@ -178,7 +180,7 @@ class ScopeWalker(ExpressionEvaluator):
             self.aug_assign(stmt)
         elif isinstance(stmt, (ast.Return,)):
             if stmt.value is not None:
-                self.ev(stmt.value)
+                self.returns.append(self.ev(stmt.value))
         elif isinstance(stmt, ast.If):
             self.ev(stmt.test)
             self.branch.append((id(stmt), "body"))

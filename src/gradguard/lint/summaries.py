@@ -34,6 +34,7 @@ class FunctionSummary:
     kwonly: list
     written: dict = field(default_factory=dict)  # param -> line of the in-place write
     saved: dict = field(default_factory=dict)  # param -> (op, line)
+    returns_nograd: bool = False  # every `return` gives a value that cannot require grad
 
     def bind(self, call: ast.Call) -> dict:
         """Parameter name -> the argument expression index in ``call`` ("pos", i) / ("kw", name)."""
@@ -64,6 +65,7 @@ class FunctionIndex:
         self.methods: dict = {}  # (class name, method) -> (FunctionDef, ClassDef)
         self.classes: dict = {}  # name -> ClassDef (top level)
         self.autograd: dict = {}  # name -> FunctionClassSummary
+        self.value_used: set = set()  # ids of functions also used as values (filled by no_grad_only)
         for stmt in tree.body:
             if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 self.functions[stmt.name] = stmt
@@ -119,6 +121,7 @@ def no_grad_only(index: FunctionIndex, tree: ast.Module, qual: Callable) -> set:
     for fn, _cls in index.methods.values():
         defs[id(fn)] = fn
     sites: dict = {k: [] for k in defs}  # callee id -> [(caller id or None, under no_grad)]
+    value_used = index.value_used
 
     def resolve(node: ast.AST, cls: Optional[ast.ClassDef]) -> Optional[int]:
         if isinstance(node, ast.Name) and node.id in index.functions:
@@ -156,8 +159,11 @@ def no_grad_only(index: FunctionIndex, tree: ast.Module, qual: Callable) -> set:
                 return
         if isinstance(node, (ast.Name, ast.Attribute)):
             target = resolve(node, cls)
-            if target is not None:  # used as a value: may be called anywhere
-                sites[target].append((None, False))
+            if target is not None:
+                # used as a value (`func = _single_tensor_adam if ... else ...; func(...)`):
+                # assume it is called where it is referenced
+                sites[target].append((caller, ng))
+                value_used.add(target)
         for child in ast.iter_child_nodes(node):
             visit(child, caller, cls, ng)
 

@@ -17,7 +17,9 @@ class DataWrite(Rule):
 ## What it does
 Finds writes through `.data`: `w.data.normal_(...)`, `w.data[...] = v`, `w.data += v`,
 `w.data = t` (when `w` looks like a tensor: a known tensor, or a name such as
-`weight`, `bias`, `param`, `grad`).
+`weight`, `bias`, `param`, `grad`).  Not reported under `torch.no_grad()` -- a
+`@torch.no_grad()` optimizer step, or a helper the file only calls from one --
+where the write touches nothing a graph is being built from.
 
 ## Why is this bad?
 `.data` is a legacy escape hatch: writes through it are invisible to autograd's
@@ -51,8 +53,8 @@ change shape, dtype or device where `copy_` cannot.
 
     def check(self, ctx: FileContext) -> Iterator[Diagnostic]:
         for w in ctx.facts.writes:
-            if w.kind != "data" or w.saves or not w.evidence:
-                continue
+            if w.kind != "data" or w.saves or not w.evidence or w.in_no_grad:
+                continue  # under no_grad (a decorated optimizer step, or only called from one): nothing is tracked
             n = _name(w)
             if w.data_form == "method":
                 hint = f"`with torch.no_grad(): {n}.{w.method}(...)`"

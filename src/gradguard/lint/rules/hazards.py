@@ -578,7 +578,7 @@ without grad the values are the same.
         for w in ctx.facts.writes:
             t = w.target
             if (w.kind not in _LEAF_WRITE_KINDS or w.in_no_grad or not t.multi_view or t.leaf
-                    or t.nograd or t.via_data):
+                    or t.nograd or t.via_data or t.obj is None or t.obj.kind != "tensor"):
                 continue
             fix, hint = _out_of_place_fix(ctx, w) if w.kind != "setitem" else (None, "clone it first")
             what = _describe(w) if w.kind != "setitem" else f"item assignment into `{_name(w)}`"
