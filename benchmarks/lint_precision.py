@@ -4,6 +4,10 @@ findings (with context) for hand-checking; the verdicts live in docs/lint-precis
 
     python benchmarks/lint_precision.py --src /work/scratch/src [--sample 45] [--seed 13]
 
+Prints a simple random sample (seeded) of ``--sample`` findings over all default-rule
+findings, then every GG1xx hazard finding not in it (a census: the rare hazards would
+otherwise be drowned by the many GG201 advice findings).
+
 ``--src`` holds the unzipped wheels (lint never imports them, so nothing is installed)::
 
     pip download --no-deps -d /work/scratch/wheels transformers timm pytorch_lightning \\
@@ -71,8 +75,12 @@ def main() -> int:
     rng = random.Random(args.seed)
     sample = rng.sample(all_diags, min(args.sample, len(all_diags)))
     sample.sort(key=lambda t: (t[0], t[2].sort_key()))
-    print(f"\nsample of {len(sample)} findings (seed {args.seed}):")
-    for i, (lib, root, d) in enumerate(sample, 1):
+    chosen = {id(t[2]) for t in sample}
+    census = [t for t in all_diags if t[2].code.startswith("GG1") and id(t[2]) not in chosen]
+    print(f"\nsample of {len(sample)} findings (seed {args.seed}), then the {len(census)} other GG1xx findings:")
+    for i, (lib, root, d) in enumerate(sample + census, 1):
+        if i == len(sample) + 1:
+            print("\n--- GG1xx census (not in the sample) ---")
         print(f"\n[{i}] {d.path}:{d.line} {d.code} {d.message}")
         lines = (root.parent / d.path).read_text(encoding="utf-8", errors="replace").splitlines()
         for n in range(max(1, d.line - args.context), min(len(lines), d.line + args.context) + 1):

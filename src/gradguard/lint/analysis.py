@@ -53,7 +53,7 @@ class FileAnalyzer(ModuleScanner):
         if "torch" in fw and ("inplace" in self.source or "Sequential" in self.source):
             self._scan_calls()
         self.index = FunctionIndex(self.tree, self.qual)
-        if "no_grad" in self.source or "inference_mode" in self.source or "set_grad_enabled" in self.source:
+        if "no_grad" in self.source or "inference" in self.source or "set_grad_enabled" in self.source:
             self.no_grad_only = no_grad_only(self.index, self.tree, self.qual)
         self._analyze_scope(self.tree, None, None)
         self._rewalk_with_nograd_arguments()

@@ -148,7 +148,8 @@ class ExpressionEvaluator:
         if attr == "at" and base.kind == JAX:
             return Val(JAX, base.obj)
         if attr == "grad" and base.kind in (TENSOR, MAYBE):
-            return Val(MAYBE, Obj(MAYBE, external=True), temp=False)
+            # a .grad tensor does not require grad (outside backward(create_graph=True))
+            return Val(MAYBE, Obj(MAYBE, external=True), temp=False, nograd=True)
         if base.kind == JAX:
             return self.new(JAX)
         return Val(MAYBE, Obj(MAYBE, external=True), temp=False)
@@ -496,6 +497,10 @@ class ExpressionEvaluator:
             self.mark_tensor(recv)
             return self.new(TENSOR, recv.origin, nograd=recv.nograd or m in _INT_CASTS or (
                 m == "to" and any(isinstance(a, ast.Attribute) and a.attr in _INT_DTYPES for a in node.args)))
+        if recv.kind == TENSOR and recv.nograd and all(v.nograd or v.obj is None for v in list(args) + list(kwargs.values())):
+            # another Tensor method of tensors that cannot require grad: neither can its result
+            self._unknown_call(node, args, kwargs)
+            return self.new(TENSOR, recv.origin, nograd=True)
         return self._unknown_call(node, args, kwargs)
 
     def _call_module(self, node: ast.Call, info: ModuleInfo, args: list, stmt_level: bool, text: str) -> Val:

@@ -101,7 +101,7 @@ def _is_autograd_function(cls: Optional[ast.ClassDef], qual: Callable) -> bool:
 
 
 _NOGRAD_NAME_RE = re.compile(r"(?:^|_)(?:ids?|mask|masks|idx|indices|index|labels?|positions?|lengths?|lens|"
-                             r"counts?|seqlens?|offsets?)$")
+                             r"counts?|seqlens?|offsets?|grads?)$")  # gradients (`grad`, `d_grad`) do not require grad
 
 
 def _display(q: str) -> str:

@@ -63,7 +63,7 @@ class ScopeWalker(ExpressionEvaluator):
             return
         if all(g.nograd or g.obj is None for g in (grad_from if grad_from is not None else [v])):
             return
-        v.obj.saves.append(Save(op, node.lineno, output, tuple(self.branch)))
+        v.obj.saves.append(Save(op, node.lineno, output, tuple(self.branch), v.via_data))
 
     def bind(self, name: str, v: Val) -> None:
         self.locals.add(name)

@@ -183,7 +183,9 @@ def no_grad_only(index: FunctionIndex, tree: ast.Module, qual: Callable) -> set:
         else:
             visit(stmt, None, None, False)
 
-    only = {k for k, fn in defs.items() if _decorated_no_grad(fn, qual)}
+    # `@torch.no_grad()` functions, and those named for inference (`_inference_forward`,
+    # `inference_step`): paths a library only takes with grad disabled
+    only = {k for k, fn in defs.items() if _decorated_no_grad(fn, qual) or "inference" in fn.name.lower()}
     changed = True
     while changed:
         changed = False

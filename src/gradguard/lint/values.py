@@ -20,6 +20,7 @@ class Save:
     line: int
     output: bool  # True: the op saved its own result
     branch: tuple = ()  # the if/else arms the save happened in (see ScopeWalker.branch)
+    via_data: bool = False  # the op saved the `.data` alias (its own tensor, sharing storage)
 
 
 def exclusive(a: tuple, b: tuple) -> bool:

@@ -250,6 +250,8 @@ error.  That changes behaviour, so the fix is unsafe; move the write after
                 continue
             if w.kind != "data" or not w.saves:
                 continue
+            if w.data_form == "assign" and all(sv.via_data for sv in w.saves):
+                continue  # `w.data = t` swaps w's storage; the saved `.data` alias keeps the old one
             s = w.saves[0]
             yield self.diagnostic(ctx, w.node, f"write through `{_name(w)}.data` after `{s.op}` (line {s.line}) saved "
                                   f"`{_name(w)}` for backward: gradients will be silently wrong; write after backward",
