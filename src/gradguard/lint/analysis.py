@@ -9,6 +9,7 @@ doubt a value is "maybe a tensor" and the rules stay quiet.  Nothing here import
 from __future__ import annotations
 
 import ast
+import re
 from typing import Optional
 
 from gradguard._findings.twins import dotted
@@ -17,6 +18,11 @@ from gradguard.lint.names import (_CONVENTIONAL, frameworks_in, collect_aliases,
 from gradguard.lint.modules import ModuleScanner
 from gradguard.lint.statements import ScopeWalker
 from gradguard.lint.summaries import FunctionIndex, FunctionSummary, no_grad_only
+
+
+# Files where some function may run only with grad disabled (a cheap gate before the
+# whole-file call-site scan of ``summaries.no_grad_only``).
+_NO_GRAD_GATE = re.compile(r"no_grad|inference_mode|set_grad_enabled|def \w*inference")
 
 
 class FileAnalyzer(ModuleScanner):
@@ -53,7 +59,7 @@ class FileAnalyzer(ModuleScanner):
         if "torch" in fw and ("inplace" in self.source or "Sequential" in self.source):
             self._scan_calls()
         self.index = FunctionIndex(self.tree, self.qual)
-        if "no_grad" in self.source or "inference" in self.source or "set_grad_enabled" in self.source:
+        if _NO_GRAD_GATE.search(self.source):
             self.no_grad_only = no_grad_only(self.index, self.tree, self.qual)
         self._analyze_scope(self.tree, None, None)
         self._rewalk_with_nograd_arguments()

@@ -113,6 +113,10 @@ def _is_no_grad_with(item: ast.withitem, qual: Callable) -> bool:
             and isinstance(ce.args[0], ast.Constant) and ce.args[0].value is False)
 
 
+_LEAVES = (ast.Constant, ast.expr_context, ast.operator, ast.unaryop, ast.cmpop, ast.boolop, ast.alias,
+           ast.Import, ast.ImportFrom, ast.Pass, ast.Break, ast.Continue, ast.Global, ast.Nonlocal)
+
+
 def no_grad_only(index: FunctionIndex, tree: ast.Module, qual: Callable) -> set:
     """ids of the FunctionDefs that only ever run with grad disabled (see the module doc)."""
     defs: dict = {}  # id -> FunctionDef
@@ -132,6 +136,8 @@ def no_grad_only(index: FunctionIndex, tree: ast.Module, qual: Callable) -> set:
         return None
 
     def visit(node: ast.AST, caller: Optional[int], cls: Optional[ast.ClassDef], ng: bool) -> None:
+        if isinstance(node, _LEAVES):
+            return
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) and id(node) != caller:
             # a nested def runs whenever it is called: its uses count as with grad on
             for child in ast.iter_child_nodes(node):
