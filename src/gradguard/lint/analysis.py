@@ -149,6 +149,8 @@ class FileAnalyzer(ModuleScanner):
         elif isinstance(scope, ast.Module):
             ScopeWalker(self, scope, None, {}).walk_module()
         for stmt in _nested_defs(body):
+            if id(scope) in self.no_grad_only and isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                self.no_grad_only.add(id(stmt))  # a helper defined inside a no-grad-only function
             if isinstance(stmt, ast.ClassDef):
                 self._analyze_scope(stmt, stmt, self._class_modules(stmt))
             else:
