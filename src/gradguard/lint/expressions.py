@@ -437,6 +437,19 @@ class ExpressionEvaluator:
             for v in args:
                 self.mark_tensor(v)
             return _OTHER
+        if m == "append" and recv.items is not None and len(args) == 1 and not node.keywords \
+                and not isinstance(node.args[0], ast.Starred):
+            # feats = []; feats.append(lat0(c0)): the list remembers what it holds
+            n = sum(1 for k in recv.items if isinstance(k, int) and k >= 0)
+            if getattr(self, "loop_depth", 0):
+                recv.items = None  # appended in a loop: positions depend on the iteration count
+            elif all(i in recv.items for i in range(n)):
+                recv.items[n] = args[0]
+                for i in range(n + 1):
+                    recv.items[i - n - 1] = recv.items[i]
+            if args[0].obj is not None:
+                args[0].obj.escaped = True
+            return _OTHER
         if recv.module is not None and m in _MODULE_SELF_METHODS:
             return recv  # nn.Sequential(...).double(), module.to(device), .eval(): the same module
         if m == "apply" and rd is not None and self.fa.index is not None and rd in self.fa.index.autograd:
