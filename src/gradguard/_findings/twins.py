@@ -101,6 +101,13 @@ FUNCTIONAL_INPLACE_ARG: dict[str, int] = {
     "dropout3d": 3, "alpha_dropout": 3, "feature_alpha_dropout": 3,
 }
 
+# nn modules accepting ``inplace`` -> its positional index (``nn.LeakyReLU(0.2, True)``).
+MODULE_INPLACE_ARG: dict[str, int] = {
+    "ReLU": 0, "ReLU6": 0, "SELU": 0, "SiLU": 0, "Mish": 0, "Hardsigmoid": 0, "Hardswish": 0,
+    "ELU": 1, "CELU": 1, "LeakyReLU": 1, "Dropout": 1, "Dropout1d": 1, "Dropout2d": 1, "Dropout3d": 1,
+    "AlphaDropout": 1, "FeatureAlphaDropout": 1, "Hardtanh": 2, "RReLU": 2, "Threshold": 2,
+}
+
 _AUG = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//", ast.Mod: "%",
         ast.Pow: "**", ast.BitAnd: "&", ast.BitOr: "|", ast.BitXor: "^", ast.LShift: "<<",
         ast.RShift: ">>"}
@@ -314,4 +321,4 @@ def _twin_call_statement(call: ast.Call, text: _Text, op: str, torch_name: str =
 
 __all__ = ["dotted", "twin_method", "twin_function", "twin_statement", "fresh_buffer_expr", "augassign_symbol",
            "needs_parens", "inplace_keyword", "METHOD_TWINS", "FRESH_BUFFER", "FUNCTION_TWINS",
-           "FUNCTIONAL_INPLACE_ARG", "INPLACE_METHODS", "NO_TWIN_METHODS"]
+           "FUNCTIONAL_INPLACE_ARG", "MODULE_INPLACE_ARG", "INPLACE_METHODS", "NO_TWIN_METHODS"]

@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Union
 import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
-from gradguard._findings.twins import twin_method
+from gradguard._findings.twins import FUNCTIONAL_INPLACE_ARG, MODULE_INPLACE_ARG, twin_method
 from gradguard.lint.base import Fix
 
 FIX_KINDS = ("augassign", "out_of_place_method", "out_of_place_func", "drop_underscore", "drop_inplace",
@@ -21,13 +21,8 @@ FIX_KINDS = ("augassign", "out_of_place_method", "out_of_place_func", "drop_unde
 _JAX_AUG = {"AddAssign": "add", "SubtractAssign": "add", "MultiplyAssign": "multiply", "DivideAssign": "divide",
             "PowerAssign": "power"}
 _DATA_AUG = {"AddAssign": "add_", "SubtractAssign": "sub_", "MultiplyAssign": "mul_", "DivideAssign": "div_"}
-_INPLACE_POSITION = {"relu": 1, "relu6": 1, "selu": 1, "silu": 1, "mish": 1, "hardsigmoid": 1, "hardswish": 1,
-                     "elu": 2, "celu": 2, "leaky_relu": 2, "threshold": 3, "hardtanh": 3, "rrelu": 4, "dropout": 3,
-                     "dropout1d": 3, "dropout2d": 3, "dropout3d": 3, "alpha_dropout": 3,
-                     "feature_alpha_dropout": 3, "ReLU": 0, "ReLU6": 0, "SELU": 0, "SiLU": 0, "Mish": 0,
-                     "Hardsigmoid": 0, "Hardswish": 0, "ELU": 1, "CELU": 1, "LeakyReLU": 1, "Dropout": 1,
-                     "Dropout1d": 1, "Dropout2d": 1, "Dropout3d": 1, "AlphaDropout": 1,
-                     "FeatureAlphaDropout": 1, "Hardtanh": 2, "RReLU": 2, "Threshold": 2}
+# Where `inplace` sits positionally: the one table in gradguard._findings.twins.
+_INPLACE_POSITION = {**FUNCTIONAL_INPLACE_ARG, **MODULE_INPLACE_ARG}
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 from typing import Optional
 
+from gradguard._findings.twins import MODULE_INPLACE_ARG
 from gradguard.lint import tables as T
 from gradguard.lint.values import (ModuleInfo, SequentialHazard, InplaceFlag)
 from gradguard.lint.names import (_is_true, _walk_statements)
@@ -34,10 +35,7 @@ class ModuleScanner:
             inplace = True
         elif cls in T.INPLACE_MODULES and cls != "Threshold" and call.args and _is_true(call.args[-1]) and len(call.args) >= 1:
             # nn.ReLU(True), nn.Dropout(0.5, True), nn.LeakyReLU(0.2, True)
-            positional_index = {"ReLU": 0, "ReLU6": 0, "SELU": 0, "SiLU": 0, "Mish": 0, "Hardsigmoid": 0,
-                                "Hardswish": 0, "ELU": 1, "CELU": 1, "LeakyReLU": 1, "Dropout": 1,
-                                "Dropout1d": 1, "Dropout2d": 1, "Dropout3d": 1, "AlphaDropout": 1,
-                                "FeatureAlphaDropout": 1, "Hardtanh": 2, "RReLU": 2}.get(cls)
+            positional_index = MODULE_INPLACE_ARG.get(cls)
             if positional_index is not None and len(call.args) == positional_index + 1:
                 inplace = True
         return ModuleInfo(cls, inplace, call, kw if inplace else None, inplace_text=text)
