@@ -2,6 +2,13 @@
 ``transformers`` sources, in one run.
 
     python benchmarks/lint_speed.py [--root DIR] [--jobs N] [--sample 20] [--skip-torchfix]
+                                    [--torchfix-python /work/scratch/tfvenv/bin/python]
+
+``--torchfix-python`` runs TorchFix from its own virtual environment (install it
+there with ``pip install torchfix``, never into the environment that holds torch).
+Besides wall-clock seconds, CPU seconds are reported for both tools (process time for
+gradguard in process, the child's user+system time for TorchFix): on a shared machine
+the CPU ratio is the fair one.
 
 Both tools see the same file list and run single-process by default (TorchFix gets
 ``--jobs 1``; pass ``--jobs`` to change it).  TorchFix runs as a subprocess through
@@ -19,6 +26,7 @@ import collections
 import importlib.util
 import os
 import random
+import resource
 import subprocess
 import sys
 import time
@@ -40,9 +48,9 @@ def time_gradguard(files: list) -> tuple:
     from gradguard.lint.engine import lint_file, resolve_selection
 
     codes = resolve_selection()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     results = [lint_file(p, codes) for p in files]
-    return time.perf_counter() - start, results
+    return time.perf_counter() - start, results, time.process_time() - cpu
 
 
 def time_gradguard_cli(files: list) -> float:
@@ -54,16 +62,19 @@ def time_gradguard_cli(files: list) -> float:
     return time.perf_counter() - start
 
 
-def time_torchfix(files: list, jobs: int) -> tuple:
-    if importlib.util.find_spec("torchfix") is None:
-        return None, "torchfix is not installed (pip install torchfix) -- timing gradguard only"
+def time_torchfix(files: list, jobs: int, python: str = "") -> tuple:
+    if not python and importlib.util.find_spec("torchfix") is None:
+        return None, "torchfix is not installed (pip install torchfix) -- timing gradguard only", None
     # TorchFix accepts many paths at once: one process, the same file list.
-    cmd = [sys.executable, "-m", "torchfix", "--jobs", str(jobs), *map(str, files)]
+    cmd = [python or sys.executable, "-m", "torchfix", "--jobs", str(jobs), *map(str, files)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     findings = sum(1 for line in proc.stdout.splitlines() if ":" in line and " TOR" in line)
-    return elapsed, f"{findings} findings, exit code {proc.returncode}"
+    return elapsed, f"{findings} findings, exit code {proc.returncode}", cpu
 
 
 def main() -> int:
@@ -73,6 +84,7 @@ def main() -> int:
     parser.add_argument("--sample", type=int, default=20, help="findings to print for hand-checking")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-torchfix", action="store_true")
+    parser.add_argument("--torchfix-python", default="", help="interpreter of a venv with torchfix installed")
     args = parser.parse_args()
 
     root = args.root or transformers_root()
@@ -80,11 +92,11 @@ def main() -> int:
     lines = sum(p.read_bytes().count(b"\n") for p in files)
     print(f"corpus: {root}\nfiles: {len(files)}  lines: {lines}")
 
-    gg_seconds, results = time_gradguard(files)
+    gg_seconds, results, gg_cpu = time_gradguard(files)
     diags = [d for r in results for d in r.diagnostics]
     crashes = [r for r in results if r.crash]
     by_code = collections.Counter(d.code for d in diags)
-    print(f"\ngradguard lint: {gg_seconds:.1f} s, {lines / gg_seconds:,.0f} lines/s")
+    print(f"\ngradguard lint: {gg_seconds:.1f} s ({gg_cpu:.1f} CPU s), {lines / gg_seconds:,.0f} lines/s")
     print(f"  findings: {len(diags)} ({', '.join(f'{c} {n}' for c, n in sorted(by_code.items()))})")
     print(f"  crashes: {len(crashes)}")
     for r in crashes:
@@ -93,15 +105,16 @@ def main() -> int:
     print(f"gradguard lint CLI (subprocess): {gg_cli:.1f} s, {lines / gg_cli:,.0f} lines/s")
 
     if args.skip_torchfix:
-        tf_seconds, note = None, "skipped (--skip-torchfix)"
+        tf_seconds, note, tf_cpu = None, "skipped (--skip-torchfix)", None
     else:
-        tf_seconds, note = time_torchfix(files, args.jobs)
+        tf_seconds, note, tf_cpu = time_torchfix(files, args.jobs, args.torchfix_python)
     if tf_seconds is None:
         print(f"\ntorchfix: {note}")
     else:
-        print(f"\ntorchfix (--jobs {args.jobs}): {tf_seconds:.1f} s, {lines / tf_seconds:,.0f} lines/s ({note})")
+        print(f"\ntorchfix (--jobs {args.jobs}): {tf_seconds:.1f} s ({tf_cpu:.1f} CPU s), "
+              f"{lines / tf_seconds:,.0f} lines/s ({note})")
         print(f"\nratio: gradguard is {tf_seconds / gg_seconds:.1f}x TorchFix's throughput in process, "
-              f"{tf_seconds / gg_cli:.1f}x through the CLI")
+              f"{tf_seconds / gg_cli:.1f}x through the CLI; {tf_cpu / gg_cpu:.1f}x in CPU seconds")
 
     if diags and args.sample:
         rng = random.Random(args.seed)

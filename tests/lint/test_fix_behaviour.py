@@ -197,3 +197,36 @@ def test_bad_report_is_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["fix", "--from-report", str(report)]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+TWIN_SCRIPT = """import torch
+
+
+def compute(x, w):
+    h = torch.sigmoid(x @ w)
+    h.zero_()  # reset
+    g = torch.exp(x)
+    g.mul_(2)
+    w.data.mul_(0.5)
+    return h.sum() + g.sum()
+"""
+
+
+def test_fix_from_report_uses_the_twins_and_their_safety(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # The runtime's sites are rewritten with _findings.twins: `g.mul_(2)` (a local)
+    # safely; `h.zero_()` -> `torch.zeros_like(h)` (stops requiring grad) and the
+    # `.data` write (no_grad would make backward raise) only with --unsafe-fixes.
+    script = tmp_path / "train.py"
+    script.write_text(TWIN_SCRIPT)
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps(_report(script, [(6, "zero_"), (8, "mul_"), (9, "mul_")])))
+    assert main(["fix", "--from-report", str(report)]) == 1
+    err = capsys.readouterr().err
+    assert f"{script}:6: fix is unsafe" in err and f"{script}:9: fix is unsafe" in err
+    text = script.read_text()
+    assert "    g = g.mul(2)\n" in text and "    h.zero_()  # reset\n" in text and "w.data.mul_(0.5)" in text
+    script.write_text(TWIN_SCRIPT)
+    assert main(["fix", "--from-report", str(report), "--unsafe-fixes"]) == 0
+    text = script.read_text()
+    assert "    h = torch.zeros_like(h)  # reset\n" in text
+    assert "    with torch.no_grad():\n        w.mul_(0.5)\n" in text

@@ -42,6 +42,8 @@ def test_rule_doc_is_complete(code: str) -> None:
     assert r.doc.count("```python") >= 2, f"{code} needs a bad and a good example"
     assert r.summary and not r.summary.endswith(".")
     assert r.fix_safety in (base.SAFE, base.UNSAFE, base.SOMETIMES, base.NONE)
+    assert r.fix_availability in base.AVAILABILITY
+    assert (r.fix_availability == base.NEVER) == (r.fix_safety == base.NONE)
 
 
 @pytest.mark.parametrize("code", sorted(all_rules()))

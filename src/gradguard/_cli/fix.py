@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import difflib
-import io
 import sys
-import tokenize
 from pathlib import Path
 
 from gradguard.errors import UsageError
-from gradguard._cli.lint import Selection, add_selection_arguments
+from gradguard.lint.files import write_or_diff
+from gradguard.lint.selection import Selection, add_selection_arguments, silence_stdout
 from gradguard.lint.engine import decode_source
 
 
@@ -20,8 +18,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gradguard._cli.lint import _silence_stdout
-
     try:
         if getattr(args, "from_report", None):
             from gradguard._cli.fix_report import run_from_report
@@ -29,28 +25,13 @@ def run(args: argparse.Namespace) -> int:
             return run_from_report(args)
         return run_fixes(args)
     except BrokenPipeError:  # `gradguard fix --diff | head`
-        _silence_stdout()
+        silence_stdout()
         return 1
 
 
 def _read(path: Path) -> tuple:
     data = path.read_bytes()
     return data, decode_source(data)
-
-
-def write_or_diff(path: Path, display: str, old: str, new: str, diff: bool, raw: bytes) -> None:
-    """Print a unified diff, or write the new text keeping the file's encoding and newlines."""
-    if diff:
-        sys.stdout.writelines(difflib.unified_diff(old.splitlines(True), new.splitlines(True),
-                                                   f"a/{display}", f"b/{display}"))
-        return
-    try:
-        encoding, _ = tokenize.detect_encoding(io.BytesIO(raw).readline)
-    except SyntaxError:
-        encoding = "utf-8"
-    bom = raw.startswith(b"\xef\xbb\xbf")
-    data = new.encode("utf-8" if encoding == "utf-8-sig" else encoding)
-    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + data)
 
 
 def run_fixes(args: argparse.Namespace, quiet_summary: bool = False) -> int:

@@ -21,13 +21,24 @@ from pathlib import Path
 from typing import Optional
 
 from gradguard.errors import UsageError
+from gradguard._findings import twins
 from gradguard.lint import tables as T
-from gradguard.lint.analysis import dotted
-from gradguard.lint.base import Fix, FileContext
+from gradguard.lint.rules._common import torch_name
+from gradguard._findings.twins import dotted
+from gradguard.lint.base import FileContext
+
+
+# Writing under no_grad on the tensor itself bumps its version counter: a silently
+# wrong program becomes one that raises at backward.  Never applied without --unsafe-fixes.
+_NO_GRAD_TITLE = "Write under torch.no_grad() (unsafe: backward then raises; move the write after backward)"
 
 
 def load_report(path: str) -> list:
-    """(file, line, op) for each conflict, in report order, without duplicates."""
+    """(file, line, op) for each conflict, in report order, without duplicates.
+
+    The one place this command reads the report: when ``gradguard._findings.schema``
+    (the single reader of the runtime schema) lands, this body becomes a call to its
+    ``read_report(path)``."""
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
@@ -80,7 +91,7 @@ def _params_and_globals(tree: ast.Module, stmt: ast.stmt) -> set:
     return names
 
 
-def fix_for_line(ctx: FileContext, line: int) -> tuple:
+def fix_for_line(ctx: FileContext, line: int, op: str = "") -> tuple:
     """(Fix, None) for the write at ``line``, or (None, reason)."""
     stmt = _innermost_statement(ctx.tree, line)
     if stmt is None:
@@ -89,6 +100,16 @@ def fix_for_line(ctx: FileContext, line: int) -> tuple:
 
     def local(expr: ast.AST) -> bool:
         return isinstance(expr, ast.Name) and expr.id not in outer
+
+    # The out-of-place twin of the statement, from the one table (gradguard._findings.twins).
+    text = ctx.segment(stmt) if isinstance(stmt, (ast.Expr, ast.Assign, ast.AugAssign)) else None
+    twin = twins.twin_statement(text, op, torch_name=torch_name(ctx)) if text else None
+    if twin is not None:
+        written = twin.split(" = ", 1)[0]
+        # Rebinding is invisible only for a local name; fresh-buffer twins stop requiring grad.
+        fresh = any(f"{k}(" in twin for k in ("zeros_like", "full_like", "empty_like"))
+        safe = not fresh and written.isidentifier() and written not in outer
+        return ctx.fix("twin", stmt, safe, f"Rewrite as `{twin}`", twin), None
 
     def is_data(expr: ast.AST) -> bool:
         return isinstance(expr, ast.Attribute) and expr.attr == "data"
@@ -103,24 +124,24 @@ def fix_for_line(ctx: FileContext, line: int) -> tuple:
     if isinstance(stmt, ast.AugAssign):
         t = stmt.target
         if is_data(t) or (isinstance(t, ast.Subscript) and is_data(t.value)):
-            return ctx.fix("no_grad", stmt, True, "Write under torch.no_grad()"), None
+            return ctx.fix("no_grad", stmt, False, _NO_GRAD_TITLE), None
         if isinstance(t, ast.Subscript):
             return ctx.fix("clone_before", stmt, local(t.value), "Clone before the write"), None
         return ctx.fix("augassign", stmt, local(t), "Rewrite out of place"), None
     if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
         t = stmt.targets[0]
         if is_data(t):
-            return ctx.fix("no_grad", stmt, False, "Write under torch.no_grad()"), None
+            return ctx.fix("no_grad", stmt, False, _NO_GRAD_TITLE), None
         if isinstance(t, ast.Subscript):
             if is_data(t.value):
-                return ctx.fix("no_grad", stmt, True, "Write under torch.no_grad()"), None
+                return ctx.fix("no_grad", stmt, False, _NO_GRAD_TITLE), None
             return ctx.fix("clone_before", stmt, local(t.value), "Clone before the write"), None
     if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call):
         call = stmt.value
         f = call.func
         if isinstance(f, ast.Attribute) and f.attr in T.INPLACE_METHODS:
             if is_data(f.value):
-                return ctx.fix("no_grad", stmt, True, "Write under torch.no_grad()"), None
+                return ctx.fix("no_grad", stmt, False, _NO_GRAD_TITLE), None
             if f.attr in T.INPLACE_WITH_TWIN and dotted(f.value):
                 return ctx.fix("out_of_place_method", call, local(f.value), "Rewrite out of place"), None
         q = dotted(f) or ""
@@ -135,9 +156,9 @@ def fix_for_line(ctx: FileContext, line: int) -> tuple:
 
 
 def run_from_report(args: argparse.Namespace) -> int:
-    from gradguard.lint.analysis import Facts
+    from gradguard.lint.values import Facts
     from gradguard.lint.engine import decode_source
-    from gradguard._cli.fix import write_or_diff
+    from gradguard.lint.files import write_or_diff
     from gradguard.lint.fixer import apply_fixes
 
     if args.paths:
@@ -169,7 +190,7 @@ def run_from_report(args: argparse.Namespace) -> int:
         ctx = FileContext(file, source, tree, Facts(), source.splitlines())
         fixes: list = []
         for line, op in lines:
-            fix, reason = fix_for_line(ctx, line)
+            fix, reason = fix_for_line(ctx, line, op)
             if fix is None:
                 print(f"{file}:{line}: cannot fix{f' `{op}`' if op else ''}: {reason}", file=sys.stderr)
                 problems += 1

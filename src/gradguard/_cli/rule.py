@@ -3,11 +3,11 @@ code (GGR101); ``--list`` lists them all. Neither catalogue imports torch."""
 from __future__ import annotations
 
 import argparse
-import textwrap
 
 from gradguard._findings.kinds import BY_CODE, RuntimeKind
 from gradguard.errors import UsageError
 from gradguard.lint import all_rules
+from gradguard.lint.docs import rule_page
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,9 +35,7 @@ def render(code: str) -> str:
     if r is None:
         raise UsageError(f"unknown rule {code!r}; lint rules: {', '.join(rules)}; runtime "
                          f"codes: {', '.join(BY_CODE)}")
-    default = "on by default" if r.default else "off by default (enable with --select or extend-select)"
-    head = f"# {r.code} {r.name}\n\n{r.summary}.\n\nFix: {r.fix_safety}. Status: {default}.\n"
-    return head + textwrap.dedent(r.doc).rstrip() + "\n"
+    return rule_page(r)
 
 
 def table() -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from typing import Any, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
 
 import torch
 
@@ -24,8 +24,10 @@ from gradguard._core.registry import (
     overlaps,
     storage_key,
 )
-from gradguard._core.session import GradguardHooks, Session
 from gradguard.errors import GradguardError
+
+if TYPE_CHECKING:
+    from gradguard._core.session import Session
 
 # PyTorch's in-place errors raised at the write itself, and the kind of finding for each.
 WRITE_ERRORS = (
@@ -36,6 +38,10 @@ WRITE_ERRORS = (
      "multi-output-view-inplace"),
     ("Inplace update to inference tensor outside InferenceMode", "inference-tensor-inplace"),
 )
+
+
+class GradguardHooks(torch.autograd.graph.saved_tensors_hooks):
+    """gradguard's saved-tensor hooks; a subclass, so that other hooks can be told apart."""
 
 
 class _ThreadSessions(threading.local):
@@ -270,7 +276,7 @@ def _pop_our_hooks() -> list[tuple[Any, Any]]:
     popped = []
     autograd = torch._C._autograd
     top = autograd._top_saved_tensors_default_hooks(False)
-    while top is not None and isinstance(getattr(top[0], "__self__", None), Session):
+    while top is not None and getattr(getattr(top[0], "__self__", None), "_gradguard_session", False):
         autograd._pop_saved_tensors_default_hooks()
         popped.append(top)
         top = autograd._top_saved_tensors_default_hooks(False)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, TypeVar
 import torch
 
 from gradguard._core import sites
+from gradguard._core.runtime import GradguardHooks, runtime
 
 if TYPE_CHECKING:
     from gradguard._core.registry import SavedRecord, WriteRecord
@@ -24,14 +25,11 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class GradguardHooks(torch.autograd.graph.saved_tensors_hooks):
-    """gradguard's saved-tensor hooks; a subclass, so that other hooks can be told apart."""
-
-
 class Session:
     """Base class of every gradguard session; a context manager and a decorator."""
 
     max_stack: int = sites.MAX_STACK
+    _gradguard_session = True  # how the runtime tells our hooks' owners from others
 
     def __init__(self) -> None:
         self.parent: Optional[Session] = None  # the enclosing session while active
@@ -40,8 +38,6 @@ class Session:
 
     # -- lifecycle -------------------------------------------------------------------
     def __enter__(self) -> Any:
-        from gradguard._core.runtime import runtime
-
         if self._depth == 0:
             outer = runtime.innermost()
             self.parent = outer if outer is not self else None
@@ -54,8 +50,6 @@ class Session:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        from gradguard._core.runtime import runtime
-
         hooks = self._hooks.pop()
         hooks.__exit__(*exc_info)
         runtime.release(self)

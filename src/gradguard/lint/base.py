@@ -6,9 +6,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Iterator, Optional
 
 if TYPE_CHECKING:
-    from gradguard.lint.analysis import Facts
+    from gradguard.lint.values import Facts
 
 SAFE, UNSAFE, SOMETIMES, NONE = "safe", "unsafe", "sometimes", "none"
+# Rule-level fix availability, as ruff has it: does every finding come with a fix?
+ALWAYS, NEVER = "always", "never"
+AVAILABILITY = (ALWAYS, SOMETIMES, NEVER)
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,7 @@ class Fix:
     end_col: int
     safe: bool
     title: str
+    replacement: str = ""  # for kind "twin": the statement's new text (from _findings.twins)
 
     @property
     def applicability(self) -> str:
@@ -68,8 +72,16 @@ class FileContext:
         return (line, self.char_col(line, node.col_offset), end_line,
                 self.char_col(end_line, getattr(node, "end_col_offset", None) or node.col_offset))
 
-    def fix(self, kind: str, node: ast.AST, safe: bool, title: str) -> Fix:
-        return Fix(kind, *self.span(node), safe=safe, title=title)
+    def fix(self, kind: str, node: ast.AST, safe: bool, title: str, replacement: str = "") -> Fix:
+        return Fix(kind, *self.span(node), safe=safe, title=title, replacement=replacement)
+
+    def segment(self, node: ast.AST) -> Optional[str]:
+        """The source text of a one-line node, else None."""
+        if getattr(node, "end_lineno", None) != node.lineno or not 0 < node.lineno <= len(self.lines):
+            return None
+        text = self.lines[node.lineno - 1]
+        raw = text.encode("utf-8")
+        return raw[node.col_offset:node.end_col_offset].decode("utf-8", "replace")
 
 
 _REGISTRY: dict[str, type["Rule"]] = {}
@@ -86,12 +98,20 @@ class Rule:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""  # one line, shown in rule tables
     default: ClassVar[bool] = True
-    fix_safety: ClassVar[str] = NONE  # safe | unsafe | sometimes | none
+    # The applicability a finding's fix can have: all safe | all unsafe | per site
+    # ("sometimes") | no fix ("none").  A fix that can turn a running program into a
+    # raising one is unsafe.
+    fix_safety: ClassVar[str] = NONE
+    # Whether findings come with a fix: always | sometimes | never (default: never
+    # when fix_safety is none, else sometimes).
+    fix_availability: ClassVar[str] = ""
     frameworks: ClassVar[frozenset] = frozenset({"torch"})
     doc: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
+        if not cls.__dict__.get("fix_availability"):
+            cls.fix_availability = NEVER if cls.fix_safety == NONE else SOMETIMES
         if cls.code:
             if cls.code in _REGISTRY:
                 raise RuntimeError(f"duplicate rule code {cls.code}")
@@ -106,7 +126,9 @@ class Rule:
 
 
 def all_rules() -> dict[str, type[Rule]]:
-    """Every registered rule by code, sorted."""
-    from gradguard.lint import rules  # noqa: F401  (registers the rules)
+    """Every registered rule by code, sorted.
 
+    The rule classes register themselves when ``gradguard.lint.rules`` is imported,
+    which importing the ``gradguard.lint`` package (and so any of its modules) does:
+    this module never imports the rules, so there is no ``base <-> rules`` cycle."""
     return dict(sorted(_REGISTRY.items()))

@@ -1,7 +1,11 @@
 """Find the Python files to lint, skipping excluded paths (gitignore-style patterns)."""
 from __future__ import annotations
 
+import difflib
 import fnmatch
+import io
+import sys
+import tokenize
 import os
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -79,3 +83,18 @@ def display_path(path: Path) -> str:
         return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
     except ValueError:
         return str(path)
+
+
+def write_or_diff(path: Path, display: str, old: str, new: str, diff: bool, raw: bytes) -> None:
+    """Print a unified diff, or write the new text keeping the file's encoding and newlines."""
+    if diff:
+        sys.stdout.writelines(difflib.unified_diff(old.splitlines(True), new.splitlines(True),
+                                                   f"a/{display}", f"b/{display}"))
+        return
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(raw).readline)
+    except SyntaxError:
+        encoding = "utf-8"
+    bom = raw.startswith(b"\xef\xbb\xbf")
+    data = new.encode("utf-8" if encoding == "utf-8-sig" else encoding)
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + data)

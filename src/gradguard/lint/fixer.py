@@ -12,21 +12,17 @@ from typing import Optional, Sequence, Union
 import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
+from gradguard._findings.twins import FUNCTIONAL_INPLACE_ARG, MODULE_INPLACE_ARG, twin_method
 from gradguard.lint.base import Fix
 
 FIX_KINDS = ("augassign", "out_of_place_method", "out_of_place_func", "drop_underscore", "drop_inplace",
-             "drop_inplace_assign", "clone_before", "no_grad", "jax_at")
+             "drop_inplace_assign", "clone_before", "no_grad", "jax_at", "twin")
 
 _JAX_AUG = {"AddAssign": "add", "SubtractAssign": "add", "MultiplyAssign": "multiply", "DivideAssign": "divide",
             "PowerAssign": "power"}
 _DATA_AUG = {"AddAssign": "add_", "SubtractAssign": "sub_", "MultiplyAssign": "mul_", "DivideAssign": "div_"}
-_INPLACE_POSITION = {"relu": 1, "relu6": 1, "selu": 1, "silu": 1, "mish": 1, "hardsigmoid": 1, "hardswish": 1,
-                     "elu": 2, "celu": 2, "leaky_relu": 2, "threshold": 3, "hardtanh": 3, "rrelu": 4, "dropout": 3,
-                     "dropout1d": 3, "dropout2d": 3, "dropout3d": 3, "alpha_dropout": 3,
-                     "feature_alpha_dropout": 3, "ReLU": 0, "ReLU6": 0, "SELU": 0, "SiLU": 0, "Mish": 0,
-                     "Hardsigmoid": 0, "Hardswish": 0, "ELU": 1, "CELU": 1, "LeakyReLU": 1, "Dropout": 1,
-                     "Dropout1d": 1, "Dropout2d": 1, "Dropout3d": 1, "AlphaDropout": 1,
-                     "FeatureAlphaDropout": 1, "Hardtanh": 2, "RReLU": 2, "Threshold": 2}
+# Where `inplace` sits positionally: the one table in gradguard._findings.twins.
+_INPLACE_POSITION = {**FUNCTIONAL_INPLACE_ARG, **MODULE_INPLACE_ARG}
 
 
 @dataclass
@@ -148,10 +144,11 @@ class _FixTransformer(cst.CSTTransformer):
         f = self._take(original, ("drop_underscore",))
         if f is not None:
             func = updated.func
-            if isinstance(func, cst.Attribute) and func.attr.value.endswith("_"):
+            twin = twin_method(func.attr.value) if isinstance(func, cst.Attribute) else None
+            if twin is not None:
                 self.applied.add(f)
-                return updated.with_changes(func=func.with_changes(attr=cst.Name(func.attr.value[:-1])))
-            self.failed[f] = "not an in-place call"
+                return updated.with_changes(func=func.with_changes(attr=cst.Name(twin)))
+            self.failed[f] = "not an in-place call with an out-of-place twin"
             return updated
         f = self._take(original, ("drop_inplace",))
         if f is not None:
@@ -169,11 +166,12 @@ class _FixTransformer(cst.CSTTransformer):
         if not isinstance(call, cst.Call):
             return updated
         f = self._take(original.value, ("out_of_place_method",))
-        if f is not None and isinstance(call.func, cst.Attribute) and call.func.attr.value.endswith("_"):
+        twin = twin_method(call.func.attr.value) if f is not None and isinstance(call.func, cst.Attribute) else None
+        if f is not None and twin is not None:
             self.applied.add(f)
             func = call.func
             target = func.value.deep_clone()
-            value = call.with_changes(func=func.with_changes(attr=cst.Name(func.attr.value[:-1])))
+            value = call.with_changes(func=func.with_changes(attr=cst.Name(twin)))
             return cst.Assign(targets=[cst.AssignTarget(target)], value=value, semicolon=updated.semicolon)
         f = self._take(original.value, ("out_of_place_func", "drop_inplace_assign"))
         if f is not None and call.args:
@@ -216,7 +214,7 @@ class _FixTransformer(cst.CSTTransformer):
     ) -> Union[cst.BaseStatement, cst.FlattenSentinel]:
         if len(original.body) != 1:
             for small in original.body:
-                for kind in ("clone_before", "no_grad", "jax_at"):
+                for kind in ("clone_before", "no_grad", "jax_at", "twin"):
                     f = self._take(small, (kind,), exact_end=False)
                     if f is not None:
                         self.failed[f] = "several statements on one line"
@@ -231,7 +229,26 @@ class _FixTransformer(cst.CSTTransformer):
         f = self._take(small_orig, ("no_grad",), exact_end=False)
         if f is not None:
             return self._no_grad(f, updated, small)
+        f = self._take(small_orig, ("twin",), exact_end=False)
+        if f is not None:
+            return self._twin(f, updated, small)
         return updated
+
+    def _twin(self, f: Fix, line: cst.SimpleStatementLine, small: cst.BaseSmallStatement):
+        """Replace the statement by its out-of-place twin (text from ``_findings.twins``),
+        keeping the line's comments, blank lines and semicolon."""
+        try:
+            new = cst.parse_statement(f.replacement)
+        except cst.ParserSyntaxError:
+            self.failed[f] = "the twin statement does not parse"
+            return line
+        if not isinstance(new, cst.SimpleStatementLine) or len(new.body) != 1:
+            self.failed[f] = "the twin is not one simple statement"
+            return line
+        if self.torch_name + "." in f.replacement:
+            self.used_torch = True
+        self.applied.add(f)
+        return line.with_changes(body=[new.body[0].with_changes(semicolon=small.semicolon)])
 
     def _clone_before(self, f: Fix, line: cst.SimpleStatementLine, small: cst.BaseSmallStatement):
         target = small.targets[0].target if isinstance(small, cst.Assign) and len(small.targets) == 1 else (

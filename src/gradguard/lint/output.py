@@ -8,6 +8,8 @@ from gradguard.lint.base import Diagnostic, all_rules
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 DOCS_URL = "https://github.com/gradguard/gradguard/blob/main/docs/lint.md"
+# One generated page per rule (tools/gen_rule_docs.py), relative to the repository root.
+RULE_PAGES = "docs/rules"
 
 
 def _version() -> str:
@@ -80,9 +82,9 @@ def to_sarif(diags: Sequence[Diagnostic]) -> str:
             "shortDescription": {"text": r.summary},
             "fullDescription": {"text": r.doc.strip()},
             "help": {"text": r.summary, "markdown": r.doc.strip()},
-            "helpUri": f"{DOCS_URL}#{code.lower()}",
+            "helpUri": f"{RULE_PAGES}/{code}.md",
             "defaultConfiguration": {"level": _level(code), "enabled": bool(r.default)},
-            "properties": {"fixSafety": r.fix_safety},
+            "properties": {"fixSafety": r.fix_safety, "fixAvailability": r.fix_availability},
         })
     results = []
     for d in diags:

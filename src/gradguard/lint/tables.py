@@ -8,6 +8,8 @@ treated as "saves nothing", which keeps the rules quiet rather than noisy.
 """
 from __future__ import annotations
 
+from gradguard._findings import twins as _twins
+
 # Ops whose backward reads their *output*: an in-place write to the result breaks
 # backward.  Keys are qualified function names; methods use the bare name.
 OUTPUT_SAVING_FUNCS: frozenset[str] = frozenset(
@@ -77,51 +79,19 @@ INPLACE_MODULES: frozenset[str] = frozenset(
      "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout"}
 )
 
-# torch.nn.functional functions with an `inplace` parameter -> its positional index.
-FUNCTIONAL_INPLACE_ARG: dict[str, int] = {
-    "relu": 1, "relu6": 1, "selu": 1, "silu": 1, "mish": 1, "hardsigmoid": 1,
-    "hardswish": 1, "elu": 2, "celu": 2, "leaky_relu": 2, "threshold": 3,
-    "hardtanh": 3, "rrelu": 4, "dropout": 3, "dropout1d": 3, "dropout2d": 3,
-    "dropout3d": 3, "alpha_dropout": 3, "feature_alpha_dropout": 3,
-}
+FUNCTIONAL_INPLACE_ARG: dict[str, int] = _twins.FUNCTIONAL_INPLACE_ARG
 # With inplace=True these functionals save their output (checked like the modules).
 FUNCTIONAL_OUTPUT_SAVING_WHEN_INPLACE: frozenset[str] = frozenset(
     {"relu", "elu", "celu", "selu", "leaky_relu", "rrelu"}
 )
 
-# In-place Tensor methods that have an out-of-place twin (`name[:-1]`) with the
-# same meaning, so `x.op_(a)` can become `x = x.op(a)`.
-INPLACE_WITH_TWIN: frozenset[str] = frozenset(
-    """abs_ absolute_ acos_ acosh_ add_ addbmm_ addcdiv_ addcmul_ addmm_ addmv_ addr_
-    arccos_ arccosh_ arcsin_ arcsinh_ arctan2_ arctan_ arctanh_ asin_ asinh_ atan2_ atan_
-    atanh_ baddbmm_ bitwise_and_ bitwise_left_shift_ bitwise_not_ bitwise_or_
-    bitwise_right_shift_ bitwise_xor_ ceil_ clamp_ clamp_max_ clamp_min_ clip_
-    copysign_ cos_ cosh_ cumprod_ cumsum_ deg2rad_ digamma_ div_ divide_ eq_ erf_ erfc_
-    erfinv_ exp2_ exp_ expm1_ fix_ float_power_ floor_ floor_divide_ fmod_ frac_ gcd_ ge_
-    greater_ greater_equal_ gt_ heaviside_ hypot_ i0_ igamma_ igammac_ index_add_
-    index_copy_ index_fill_ index_put_ index_reduce_ lcm_ ldexp_ le_ lerp_ less_
-    less_equal_ lgamma_ log10_ log1p_ log2_ log_ logical_and_ logical_not_ logical_or_
-    logical_xor_ logit_ lt_ masked_fill_ masked_scatter_ mul_ multiply_ mvlgamma_
-    nan_to_num_ ne_ neg_ negative_ nextafter_ not_equal_ polygamma_ pow_ put_ rad2deg_
-    reciprocal_ relu_ remainder_ renorm_ round_ rsqrt_ scatter_ scatter_add_
-    scatter_reduce_ sgn_ sigmoid_ sign_ sin_ sinc_ sinh_ sqrt_ square_ sub_ subtract_
-    tan_ tanh_ tril_ triu_ true_divide_ trunc_ xlogy_""".split()
-)
-# In-place writes without an out-of-place twin of the same meaning.
-INPLACE_NO_TWIN: frozenset[str] = frozenset(
-    {"zero_", "fill_", "copy_", "normal_", "uniform_", "random_", "exponential_",
-     "geometric_", "cauchy_", "log_normal_", "bernoulli_", "set_", "fill_diagonal_",
-     "map_", "apply_", "map2_"}
-)
-INPLACE_METHODS: frozenset[str] = INPLACE_WITH_TWIN | INPLACE_NO_TWIN
+# In-place writes: the twin knowledge lives in gradguard._findings.twins.
+INPLACE_WITH_TWIN: frozenset[str] = frozenset(_twins.METHOD_TWINS)
+INPLACE_NO_TWIN: frozenset[str] = _twins.INPLACE_METHODS - INPLACE_WITH_TWIN
+INPLACE_METHODS: frozenset[str] = _twins.INPLACE_METHODS
 
 # torch.relu_(x) style in-place functions (first argument is written).
-INPLACE_TORCH_FUNCS: frozenset[str] = frozenset(
-    {"torch.relu_", "torch.sigmoid_", "torch.tanh_", "torch.exp_", "torch.nn.functional.relu_",
-     "torch.nn.functional.elu_", "torch.nn.functional.leaky_relu_", "torch.nn.functional.hardtanh_",
-     "torch.nn.functional.threshold_", "torch.nn.functional.rrelu_", "torch.nn.functional.celu_",
-     "torch.nn.functional.selu_"}
-)
+INPLACE_TORCH_FUNCS: frozenset[str] = frozenset(_twins.FUNCTION_TWINS)
 
 # Methods returning a view (or a tensor sharing the version counter): writes
 # through the result are writes to the base.

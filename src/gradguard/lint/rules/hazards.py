@@ -1,97 +1,11 @@
-"""The lint rules.  Codes: GG1xx hazards, GG2xx advice (both on by default),
-GG4xx noisy (off unless selected).  Each class owns its code, message, detector
-(a filter over the facts from ``analysis``) and fix."""
+"""GG1xx: hazards -- writes that make backward raise or compute wrong gradients."""
 from __future__ import annotations
 
 import ast
-from typing import Iterator, Optional
+from typing import Iterator
 
-from gradguard.lint import tables as T
-from gradguard.lint.analysis import Write
-from gradguard.lint.base import NONE, SAFE, SOMETIMES, UNSAFE, Diagnostic, FileContext, Fix, Rule
-
-_WRITE_KINDS = ("method", "torch_func", "augassign", "inplace_kw", "inplace_module")
-_AUG_SYMBOL = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//", ast.Mod: "%",
-               ast.Pow: "**", ast.BitAnd: "&", ast.BitOr: "|", ast.BitXor: "^", ast.LShift: "<<",
-               ast.RShift: ">>", ast.MatMult: "@"}
-
-
-def _name(w: Write) -> str:
-    if w.target_name:
-        return w.target_name
-    if w.kind == "data":  # `model.layer.weight.data.mul_()`: name the expression itself
-        for node in ast.walk(w.node):
-            if isinstance(node, ast.Attribute) and node.attr == "data":
-                text = ast.unparse(node.value)
-                if len(text) <= 60:
-                    return text
-                break
-    return "the result"
-
-
-def _describe(w: Write) -> str:
-    """`x += ...`, `x.mul_()`, `F.relu(x, inplace=True)` ..."""
-    n = _name(w)
-    if w.kind == "augassign":
-        return f"`{n} {_AUG_SYMBOL.get(type(w.node.op), '?')}= ...`"
-    if w.kind == "method":
-        return f"`{n}.{w.method}()`" if w.target_name else f"`.{w.method}()`"
-    if w.kind == "torch_func":
-        return f"`{w.method}({n})`"
-    if w.kind == "inplace_kw":
-        return f"`F.{w.method}({n}, inplace=True)`"
-    if w.kind == "inplace_module":
-        return f"`{w.op_text}` with inplace=True"
-    return "the write"
-
-
-def _out_of_place_fix(ctx: FileContext, w: Write) -> tuple[Optional[Fix], str]:
-    """The out-of-place rewrite of a write, and a hint for the message."""
-    n = _name(w)
-    named = w.target_name is not None
-    if w.kind == "augassign" and named:
-        sym = _AUG_SYMBOL.get(type(w.node.op), "?")
-        return ctx.fix("augassign", w.node, w.safe(), f"Rewrite as `{n} = {n} {sym} ...`"), f"use `{n} = {n} {sym} ...`"
-    if w.kind == "method":
-        twin = w.method[:-1]
-        if w.method not in T.INPLACE_WITH_TWIN:
-            return None, "write to a clone (`.clone()`) instead"
-        if w.stmt_level and named:
-            return (ctx.fix("out_of_place_method", w.node, w.safe(), f"Rewrite as `{n} = {n}.{twin}(...)`"),
-                    f"use `{n} = {n}.{twin}(...)`")
-        if not named and w.target.temp:
-            return ctx.fix("drop_underscore", w.node, True, f"Use `.{twin}()`"), f"use `.{twin}()`"
-        return None, f"use the out-of-place `.{twin}()`"
-    if w.kind == "torch_func":
-        twin = w.method[:-1]
-        short = twin.replace("torch.nn.functional.", "F.")
-        if w.method not in T.INPLACE_TORCH_FUNCS:
-            return None, "write to a clone instead"
-        if w.stmt_level and named:
-            return ctx.fix("out_of_place_func", w.node, w.safe(), f"Rewrite as `{n} = {short}({n})`"), f"use `{n} = {short}({n})`"
-        if w.target.temp:
-            return ctx.fix("drop_underscore", w.node, True, f"Use `{short}`"), f"use `{short}(...)`"
-        return None, f"use `{short}(...)`"
-    if w.kind == "inplace_kw":
-        if w.stmt_level and named:
-            return (ctx.fix("drop_inplace_assign", w.node, w.safe(), f"Rewrite as `{n} = F.{w.method}({n})`"),
-                    f"use `{n} = F.{w.method}({n})`")
-        return ctx.fix("drop_inplace", w.node, w.safe(), "Remove `inplace=True`"), "drop `inplace=True`"
-    if w.kind == "inplace_module" and w.ctor is not None:
-        attr = w.op_text.split(" ")[0].split(".")[-1]
-        # Dropping inplace=True at the constructor is invisible to callers that use
-        # the module's return value; a bare `self.act(x)` statement relies on the side effect.
-        safe = attr not in ctx.facts.stmt_call_attrs
-        return (ctx.fix("drop_inplace", w.ctor.node, safe, f"Construct `nn.{w.ctor.cls}()` without inplace=True"),
-                f"construct `nn.{w.ctor.cls}()` without inplace=True (line {w.ctor.node.lineno})")
-    return None, "use an out-of-place operation"
-
-
-def _first(saves: tuple, output: Optional[bool]) -> Optional[object]:
-    for s in saves:
-        if output is None or s.output == output:
-            return s
-    return None
+from gradguard.lint.base import SAFE, SOMETIMES, UNSAFE, Diagnostic, FileContext, Rule
+from gradguard.lint.rules._common import (_WRITE_KINDS, _name, _describe, _out_of_place_fix, _first, _data_fix)
 
 
 class InplaceOnSavedOutput(Rule):
@@ -286,17 +200,6 @@ No automatic fix: `backward` has to read `ctx.saved_tensors` instead.
                                   f"version check; use `{st.ctx}.save_for_backward(...)` and `{st.ctx}.saved_tensors`")
 
 
-def _data_fix(ctx: FileContext, w: Write, safe: bool) -> Optional[Fix]:
-    if w.data_form == "method" and not w.stmt_level:
-        return None
-    node = w.stmt
-    if not isinstance(node, (ast.Expr, ast.Assign, ast.AugAssign)):
-        return None
-    if isinstance(node, ast.Assign) and len(node.targets) != 1:
-        return None
-    return ctx.fix("no_grad", node, safe and w.data_form != "assign", "Write under `torch.no_grad()` instead of `.data`")
-
-
 class DataWriteOnSavedTensor(Rule):
     code = "GG105"
     name = "data-write-on-saved-tensor"
@@ -305,11 +208,13 @@ class DataWriteOnSavedTensor(Rule):
     doc = """
 ## What it does
 Finds writes through `.data` (`w.data.mul_(...)`, `w.data[...] = ...`, `w.data = ...`)
-to a tensor that an earlier operation in the same function saved for backward.
+to a tensor that an earlier operation in the same function saved for backward, and
+NumPy in-place writes (`a -= a.mean()`, `a[i] = v`) to an array whose buffer
+`torch.from_numpy(a)` shares with a saved tensor.
 
 ## Why is this bad?
-`.data` shares storage with the tensor but not its version counter, so autograd
-cannot notice the change: `backward()` runs and returns *wrong gradients* without
+`.data` shares storage with the tensor but not its version counter (and NumPy has
+none at all), so autograd cannot notice the change: `backward()` runs and returns *wrong gradients* without
 any error.
 
 ## Example
@@ -336,8 +241,17 @@ error.  That changes behaviour, so the fix is unsafe; move the write after
 
     def check(self, ctx: FileContext) -> Iterator[Diagnostic]:
         for w in ctx.facts.writes:
+            if w.kind == "numpy" and w.saves:
+                s = w.saves[0]
+                yield self.diagnostic(ctx, w.node, f"NumPy {w.op_text} writes `{_name(w)}` in place, whose buffer a "
+                                      f"tensor shares (`torch.from_numpy`) that `{s.op}` (line {s.line}) saved for "
+                                      f"backward: NumPy bumps no version counter, so gradients will be silently "
+                                      f"wrong; write to a copy (`{_name(w)} = {_name(w)} - ...`) or after backward")
+                continue
             if w.kind != "data" or not w.saves:
                 continue
+            if w.data_form == "assign" and all(sv.via_data for sv in w.saves):
+                continue  # `w.data = t` swaps w's storage; the saved `.data` alias keeps the old one
             s = w.saves[0]
             yield self.diagnostic(ctx, w.node, f"write through `{_name(w)}.data` after `{s.op}` (line {s.line}) saved "
                                   f"`{_name(w)}` for backward: gradients will be silently wrong; write after backward",
@@ -350,10 +264,11 @@ class StepBeforeBackward(Rule):
     summary = "optimizer.step() between a forward and the backward of a loss built from it"
     doc = """
 ## What it does
-Finds `loss.backward()` where `loss` was computed *before* an `optimizer.step()`
-(or `scaler.step(opt)`) that runs between the two -- the classic GAN bug: the
-generator loss is computed from `disc(fake)`, the discriminator optimizer steps,
-then the generator loss is backpropagated.
+Finds an `optimizer.step()` (or `scaler.step(opt)`) that runs between the forward
+that built a loss and that loss's `backward()` -- the classic GAN bug: the generator
+loss is computed from `disc(fake)`, the discriminator optimizer steps, then the
+generator loss is backpropagated.  The finding is at the step (the in-place write,
+where the runtime report puts it too); the message names the backward's line.
 
 ## Why is this bad?
 `optimizer.step()` updates parameters in place.  The graph of `loss` saved those
@@ -385,9 +300,11 @@ No automatic fix: reordering training steps changes what is computed.
 
     def check(self, ctx: FileContext) -> Iterator[Diagnostic]:
         for h in ctx.facts.step_hazards:
-            yield self.diagnostic(ctx, h.backward, f"`{h.step_text}` (line {h.step_line}) updates parameters in place "
-                                  f"between the forward that built `{h.loss}` (line {h.loss_line}) and its backward; call "
-                                  f"`backward()` before the step or recompute `{h.loss}` after it")
+            # Reported at the step -- the in-place write, as the runtime report does.
+            yield self.diagnostic(ctx, h.step or h.backward, f"`{h.step_text}` updates parameters in place that the graph "
+                                  f"of `{h.loss}` (built line {h.loss_line}) saved; its backward at line "
+                                  f"{h.backward.lineno} then fails: call `backward()` before the step or recompute "
+                                  f"`{h.loss}` after it")
 
 
 class SequentialInplaceAfterSaving(Rule):
@@ -395,6 +312,7 @@ class SequentialInplaceAfterSaving(Rule):
     name = "sequential-inplace-after-saving"
     summary = "inplace=True module right after a module that saves its output in nn.Sequential"
     fix_safety = SAFE
+    fix_availability = "always"
     doc = """
 ## What it does
 Finds an `inplace=True` module (`nn.ReLU(inplace=True)`, `nn.Dropout(inplace=True)`,
@@ -566,144 +484,109 @@ No automatic fix.
                                       f"flows through it; keep the computation in TensorFlow ops")
 
 
-class DataWrite(Rule):
-    code = "GG201"
-    name = "data-write"
-    summary = "Write through .data instead of under torch.no_grad()"
+class InplaceOnLeaf(Rule):
+    code = "GG111"
+    name = "inplace-on-leaf"
+    summary = "In-place write to a leaf tensor that requires grad, outside torch.no_grad()"
     fix_safety = SOMETIMES
     doc = """
 ## What it does
-Finds writes through `.data`: `w.data.normal_(...)`, `w.data[...] = v`, `w.data += v`,
-`w.data = t` (when `w` looks like a tensor: a known tensor, or a name such as
-`weight`, `bias`, `param`, `grad`).
+Finds in-place writes (`s -= lr * s.grad`, `p.fill_(1)`, `p[0] = 0`,
+`torch.clamp(a, 0, 1, out=a)`, writes into a view such as `p.chunk(4)[1].fill_(1)`)
+to a leaf tensor that requires grad -- created with `requires_grad=True`, an
+`nn.Parameter(...)`, or a parameter from `.parameters()` / `.named_parameters()` --
+outside `torch.no_grad()`.  `nn.init.*_` functions are not reported (they run
+under `no_grad` themselves).
 
 ## Why is this bad?
-`.data` is a legacy escape hatch: writes through it are invisible to autograd's
-version counter, so if the tensor was saved for backward the gradients become
-silently wrong instead of raising.  `torch.no_grad()` does the same job and keeps
-the safety check.
+PyTorch refuses at once: "a leaf Variable that requires grad is being used in an
+in-place operation" (or, for `out=`, "functions with out=... arguments don't support
+automatic differentiation").  Updates to parameters belong under `torch.no_grad()`;
+a new value belongs in a new tensor.
 
 ## Example
 ```python
-m.weight.data.normal_(0.0, 0.02)
+s = torch.randn(3, requires_grad=True)
+s.sum().backward()
+s -= 0.1 * s.grad
 ```
 
 Use instead:
 ```python
+s = torch.randn(3, requires_grad=True)
+s.sum().backward()
 with torch.no_grad():
-    m.weight.normal_(0.0, 0.02)
+    s -= 0.1 * s.grad
 ```
 
 ## Fix safety
-Safe for in-place methods, item assignment and augmented assignment, which become
-the same write under `torch.no_grad()` (already inside a `no_grad` block or
-function, `.data` is just dropped).  Unsafe for `w.data = t`, rewritten as
-`w.copy_(t)`: `.data =` may change shape, dtype or device, `copy_` cannot.
+The fix rewrites the write out of place (`s = s - 0.1 * s.grad`) where a twin
+exists: the program stops raising, but `s` is then no longer the leaf an optimizer
+or a caller holds, so it is unsafe for anything but a local that nothing else
+refers to.
 """
 
     def check(self, ctx: FileContext) -> Iterator[Diagnostic]:
         for w in ctx.facts.writes:
-            if w.kind != "data" or w.saves or not w.evidence:
+            if w.kind not in _LEAF_WRITE_KINDS or w.in_no_grad or not w.target.leaf:
                 continue
-            n = _name(w)
-            if w.data_form == "method":
-                hint = f"`with torch.no_grad(): {n}.{w.method}(...)`"
-            elif w.data_form == "assign":
-                hint = f"`with torch.no_grad(): {n}.copy_(...)`"
-            elif w.data_form == "setitem":
-                hint = f"`with torch.no_grad(): {n}[...] = ...`"
-            else:
-                hint = f"`with torch.no_grad(): {n} += ...`"
-            yield self.diagnostic(ctx, w.node, f"write through `{n}.data` bypasses autograd's version check; use "
-                                  f"{hint}", _data_fix(ctx, w, True))
+            if w.kind == "torch_func" and (w.method or "").startswith("torch.nn.init."):
+                continue
+            fix, hint = _out_of_place_fix(ctx, w) if w.kind != "setitem" else (None, "")
+            hint = hint if fix is not None else ""
+            what = _describe(w) if w.kind != "setitem" else f"item assignment into `{_name(w)}`"
+            yield self.diagnostic(ctx, w.node, f"{what} writes in place to a leaf that requires grad "
+                                  f"({w.target.leaf}): PyTorch raises at once; do it under `torch.no_grad()`"
+                                  f"{' or ' + hint if hint else ''}", fix)
 
 
-class InplaceOnArgument(Rule):
-    code = "GG401"
-    name = "inplace-on-argument"
-    summary = "In-place write to a tensor passed in as a function argument"
-    default = False
-    fix_safety = UNSAFE
+class InplaceOnMultiOutputView(Rule):
+    code = "GG112"
+    name = "inplace-on-multi-output-view"
+    summary = "In-place write to an output of split/chunk/unbind that requires grad"
+    fix_safety = SOMETIMES
     doc = """
 ## What it does
-Finds in-place writes (`x += y`, `x.mul_(y)`, `F.relu(x, inplace=True)`) to a
-function's tensor argument when nothing in the function itself saved it.
+Finds in-place writes to the outputs of `split`, `chunk`, `unbind`, `tensor_split`
+(`q, k, v = qkv.unbind(0)` then `q *= scale`; `x.chunk(2)[0].add_(1)`) when the
+split tensor may require grad and grad is enabled.
 
 ## Why is this bad?
-The write changes the caller's tensor.  If the caller (or an earlier layer) saved
-it for backward, `backward()` fails far from this line; if it is a leaf that
-requires grad, the call fails immediately.  Whether that happens depends on the
-caller, so this rule is noisy and off by default.
+These functions return several views of one tensor from one backward node; PyTorch
+rejects an in-place write to any of them at once: "Output 0 of UnbindBackward0 is a
+view and is being modified inplace. This view is the output of a function that
+returns multiple views. Such functions do not allow the output views to be modified
+inplace".
 
 ## Example
 ```python
-def forward(self, x):
-    x += self.bias
-    return x
+q, k, v = qkv.unbind(0)
+q *= 0.125
 ```
 
 Use instead:
 ```python
-def forward(self, x):
-    x = x + self.bias
-    return x
+q, k, v = qkv.unbind(0)
+q = q * 0.125
 ```
 
 ## Fix safety
-Unsafe: callers that relied on the argument being updated stop seeing the update.
+The fix writes out of place (`q = q * 0.125`).  Safe when the view is a local name
+nothing else refers to: the in-place form could not have run with grad enabled, and
+without grad the values are the same.
 """
 
     def check(self, ctx: FileContext) -> Iterator[Diagnostic]:
         for w in ctx.facts.writes:
-            if w.kind not in ("method", "augassign", "inplace_kw") or w.saves or not w.is_param:
+            t = w.target
+            if (w.kind not in _LEAF_WRITE_KINDS or w.in_no_grad or not t.multi_view or t.leaf
+                    or t.nograd or t.via_data or t.obj is None or t.obj.kind != "tensor"):
                 continue
-            if w.target.obj is None or w.target.obj.kind != "tensor" or w.in_no_grad:
-                continue
-            fix, hint = _out_of_place_fix(ctx, w)
-            if fix is not None:
-                fix = Fix(fix.kind, fix.line, fix.col, fix.end_line, fix.end_col, False, fix.title)
-            yield self.diagnostic(ctx, w.node, f"{_describe(w)} modifies the caller's tensor `{_name(w)}` in place; "
+            fix, hint = _out_of_place_fix(ctx, w) if w.kind != "setitem" else (None, "clone it first")
+            what = _describe(w) if w.kind != "setitem" else f"item assignment into `{_name(w)}`"
+            yield self.diagnostic(ctx, w.node, f"{what} writes in place to an output of {t.multi_view}, which "
+                                  f"returns several views of one tensor: with grad enabled PyTorch raises at once; "
                                   f"{hint}", fix)
 
 
-class InplaceActivation(Rule):
-    code = "GG402"
-    name = "inplace-activation"
-    summary = "Any inplace=True activation or dropout"
-    default = False
-    fix_safety = SOMETIMES
-    doc = """
-## What it does
-Finds every `inplace=True` argument: `nn.ReLU(inplace=True)`,
-`F.dropout(x, inplace=True)`, ...
-
-## Why is this bad?
-In-place activations save a little memory and make the layer overwrite its input.
-Whether that is legal depends on what saved the input, which changes whenever the
-model is edited.  Most code is better off without them; this rule is off by default.
-
-## Example
-```python
-self.act = nn.ReLU(inplace=True)
-```
-
-Use instead:
-```python
-self.act = nn.ReLU()
-```
-
-## Fix safety
-Safe for module constructors and for functional calls on a temporary
-(`F.relu(self.bn(x), inplace=True)`); unsafe otherwise, where code after the call
-may read the argument expecting the activated values.
-"""
-
-    def check(self, ctx: FileContext) -> Iterator[Diagnostic]:
-        for f in ctx.facts.inplace_flags:
-            if f.stmt_level:
-                fix = None  # the statement relies on the side effect
-            else:
-                fix = ctx.fix("drop_inplace", f.call, f.module_ctor or f.arg_temp, "Remove `inplace=True`")
-            yield self.diagnostic(ctx, f.kw, f"`{f.name}(..., inplace=True)` overwrites its input; drop "
-                                  f"`inplace=True` unless memory is critical", fix)
-
+_LEAF_WRITE_KINDS = ("method", "torch_func", "augassign", "inplace_kw", "setitem", "out")
