@@ -62,6 +62,7 @@ def test_around_wraps_a_c_level_classmethod_descriptor():
 
 
 def test_restore_puts_back_exactly_the_objects_found():
+    unpatch_all()  # patches stay installed, inactive, after earlier tests' sessions
     before = {name: torch.Tensor.__dict__.get(name) for name in ("add_", "__iadd__", "data")}
     apply_before = torch.autograd.Function.__dict__.get("apply")
     with gradguard.detect(on_conflict="record"):
@@ -77,6 +78,7 @@ def test_restore_puts_back_exactly_the_objects_found():
 
 
 def test_patched_methods_look_like_the_originals():
+    unpatch_all()
     original = torch.Tensor.add_
     with gradguard.detect(on_conflict="record"):
         patched = torch.Tensor.add_
