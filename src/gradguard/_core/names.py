@@ -73,7 +73,7 @@ class ModuleIndex:
             for tensors, is_param in ((m._parameters, True), (m._buffers, False)):
                 for local, p in tensors.items():
                     key = storage_key(p) if p is not None else None
-                    if key is not None:
+                    if p is not None and key is not None:
                         start, end = byte_range(p)
                         by_storage.setdefault(key, []).append((start, end, ref, local, is_param))
             for child_name, child in m._modules.items():

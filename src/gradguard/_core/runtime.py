@@ -113,7 +113,7 @@ class Runtime:
             records = registry.on_storage(key)
             if not records:
                 continue
-            start, end = (0, t.nbytes()) if freed else byte_range(t)
+            start, end = (0, _storage_nbytes(t)) if freed else byte_range(t)
             if write is None:
                 stack, entry = sites.capture(3, records[0].owner.max_stack)
             else:
@@ -236,7 +236,7 @@ def _patch_entry_points(patches: patching.Patches) -> None:
                 frame = sites.innermost_user_frame(2)
                 where = f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame else "<unknown>"
                 session.on_foreign_hooks(saved, where)
-                exc.add_note("gradguard: inside gradguard.detect()/protect() every saved tensor "
+                _add_note(exc, "gradguard: inside gradguard.detect()/protect() every saved tensor "
                              "carries gradguard's hooks, and PyTorch allows one pair per saved "
                              "tensor; register these hooks outside the gradguard session")
             raise
@@ -244,6 +244,15 @@ def _patch_entry_points(patches: patching.Patches) -> None:
     saved_tensor = torch._C._autograd.SavedTensor
     patches.replace(saved_tensor, "register_hooks",
                     patching.around(saved_tensor, "register_hooks", on_register_hooks))
+
+
+def _storage_nbytes(storage: Any) -> int:
+    return int(storage.nbytes())
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    if hasattr(exc, "add_note"):  # Python 3.11+
+        exc.add_note(note)
 
 
 def _stepping_aside(disable: Any) -> Any:

@@ -105,7 +105,7 @@ def _crc(t: torch.Tensor) -> int:
             # .numpy() on the tensor's own storage would make it non-resizable (FSDP
             # resizes its parameters' storages): read a private copy.
             flat = flat.clone()
-        return zlib.crc32(flat.view(torch.uint8).numpy())
+        return zlib.crc32(flat.view(torch.uint8).numpy().tobytes())
 
 
 class DetectSession(Session):
