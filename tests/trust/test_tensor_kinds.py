@@ -252,3 +252,20 @@ def test_inactive_patches_are_indistinguishable_from_stock():
     seen = json.loads(proc.stdout)
     for key, stock in seen["before"].items():
         assert seen["after"][key] == stock, (key, stock, seen["after"][key])
+
+
+def test_nested_tensor_written_after_save_is_still_rejected():
+    """A nested tensor has no sizes to describe, and no byte ranges: whatever gradguard's
+    report can say, the in-place error stock PyTorch raises must still be raised."""
+    def program():
+        nt = torch.nested.nested_tensor([torch.rand(2), torch.rand(2)], requires_grad=True)
+        x = nt.clone()
+        res = x.sum(-1, keepdim=True)  # saves x
+        x.add_(x)  # moves its version
+        res.backward(torch.nested.nested_tensor([torch.rand(1), torch.rand(1)]))
+
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        program()
+    with gradguard.detect(on_conflict="record"):
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            program()

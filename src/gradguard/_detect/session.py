@@ -69,6 +69,14 @@ def _short_node(name: str) -> str:
     return re.sub(r"Backward\d*$", "", name) or name
 
 
+def _shape(t: torch.Tensor) -> tuple[int, ...]:
+    """The shape for a report; () for tensors without one (a strided nested tensor)."""
+    try:
+        return tuple(int(s) for s in t.shape)
+    except (RuntimeError, TypeError, ValueError):
+        return ()
+
+
 def _fingerprint(t: torch.Tensor) -> int:
     """CRC32 of the tensor's bytes (writes that bypass PyTorch; bytes a write restored);
     `_UNREADABLE` for tensors whose bytes cannot be read (meta, fake, storage-less
@@ -246,7 +254,11 @@ class DetectSession(Session):
             except GradguardError:
                 raise
             except Exception as exc:  # noqa: BLE001 - backward goes on as without us
-                runtime.internal_error("a saved tensor at backward", exc)
+                runtime.internal_error("the report on a saved tensor at backward", exc)
+                if t._version != rec.version and rec.kind != "ctx":
+                    # Our hooks switched PyTorch's version check off: never lose its error
+                    # because our report could not be built.
+                    raise RuntimeError(self._stock_line(t, rec, None)) from exc
         return t
 
     def _check(self, rec: SavedRecord, t: torch.Tensor) -> torch.Tensor:
@@ -348,14 +360,14 @@ class DetectSession(Session):
         saved = SavedBy(op=saver_op, node=node_name, stack=sites.resolve(rec.stack))
         name, is_param = (None, False) if rec.fresh else module_path(t)
         tensor = TensorInfo(
-            dtype=str(t.dtype), shape=tuple(t.shape), device=str(t.device),
+            dtype=str(t.dtype), shape=_shape(t), device=str(t.device),
             version_saved=rec.version, version_now=t._version, name=name,
             produced_by=(rec.producer.__name__
                          if rec.producer is not None and rec.producer is not type(None) else None),
             is_parameter=is_param,
         )
         mutation = None
-        s_start, s_end = byte_range(t)
+        s_start, s_end = byte_range(t) if storage_key(t) is not None else (0, 0)
         aliasing: dict[str, Any] = {"same_storage": None, "saved_bytes": [s_start, s_end]}
         if write is not None:
             # Saved bytes changed but the version did not: the write went through an
@@ -459,7 +471,7 @@ class DetectSession(Session):
                              f"{_short_node(grad_fn.name())},")
         return (
             "one of the variables needed for gradient computation has been modified by an "
-            f"inplace operation: [{t.type()} {list(t.shape)}]{which} is at version "
+            f"inplace operation: [{t.type()} {list(_shape(t))}]{which} is at version "
             f"{t._version}; expected version {rec.version} instead."
         )
 
@@ -508,7 +520,7 @@ class DetectSession(Session):
         name = None
         if t is not None:
             name, is_param = module_path(t)
-            tensor = TensorInfo(dtype=str(t.dtype), shape=tuple(t.shape), device=str(t.device),
+            tensor = TensorInfo(dtype=str(t.dtype), shape=_shape(t), device=str(t.device),
                                 name=name, is_parameter=is_param)
         facts = Facts(kind=kind, what=f"`{name}`" if name else (tensor.short() if tensor else ""),
                       write_op=op,
@@ -573,7 +585,8 @@ class DetectSession(Session):
     def on_internal_error(self, what: str, exc: BaseException) -> None:
         self._gap(f"gradguard could not check {what}: its bookkeeping failed "
                   f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); the "
-                  "program ran as it would without gradguard")
+                  "program went on as without gradguard (an error PyTorch itself would raise "
+                  "there is still raised)")
 
     def on_foreign_hooks(self, hooks: Any, where: str) -> None:
         if type(hooks).__name__ in _CHECKPOINT_HOOKS:
