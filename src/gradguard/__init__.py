@@ -9,6 +9,7 @@ Public API::
     gradguard.verify(step, *args)    gradients vs a reference immune to in-place writes
     gradguard.Conflict               one finding (with Mutation, SavedBy, TensorInfo, Frame)
     gradguard.readonly(*tensors)     tensors nothing may write (ReadOnlyTensorError at the write)
+    gradguard.xray(...)              what backward keeps: saved tensors of one training step
     gradguard.write_html(...)        a self-contained HTML page of a session's report
     gradguard.InplaceConflictError   raised in "raise" mode (a RuntimeError); the rest of
                                      the exception and warning tree is in gradguard.errors
@@ -44,6 +45,8 @@ if TYPE_CHECKING:  # what type checkers see; at run time the names load lazily b
     from gradguard._verify.verify import GradDifference as GradDifference
     from gradguard._verify.verify import VerifyResult as VerifyResult
     from gradguard._verify.verify import verify as verify
+    from gradguard._xray.session import XraySession as XraySession
+    from gradguard._xray.session import xray as xray
 
 __version__ = "0.1.0"
 
@@ -64,6 +67,8 @@ _LAZY = {
     "write_html": "gradguard._explain.html",
     "readonly": "gradguard._readonly.session",
     "ReadOnlySession": "gradguard._readonly.session",
+    "xray": "gradguard._xray.session",
+    "XraySession": "gradguard._xray.session",
 }
 
 __all__ = sorted([*_LAZY, "GradguardError", "InplaceConflictError", "InplaceConflictWarning",
