@@ -11,6 +11,9 @@ conditions, interleaved round-robin in one process, medians reported:
 * ``readonly_other``: one unrelated tensor read-only: what writes of unlisted tensors
   (every ``relu_``, dropout, ``zero_grad``) cost while a readonly session is active.
 
+Then the per-call cost of a write to an unlisted tensor, with and without a readonly
+session active.
+
     python benchmarks/readonly.py --repeats 20 --json readonly.json
 """
 from __future__ import annotations
@@ -76,6 +79,29 @@ def measure(name: str, size: str, repeats: int, warmup: int) -> dict:
             "ratio": {c: round(med[c] / med["plain"], 3) for c in NAMES}}
 
 
+def write_cost(n: int = 20000, rounds: int = 7) -> dict:
+    """Per-write cost of an unlisted tensor's in-place write (``t.add_(1)`` on 16
+    floats): no session, a readonly session watching another tensor, one watching 200."""
+    t = torch.zeros(16)
+    others = [torch.zeros(4) for _ in range(200)]
+
+    def loop() -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            t.add_(1)
+        return (time.perf_counter() - t0) / n
+
+    out: Dict[str, List[float]] = {"no session": [], "readonly, 1 other": [],
+                                   "readonly, 200 others": []}
+    for _ in range(rounds):
+        out["no session"].append(loop())
+        with gradguard.readonly(others[0]):
+            out["readonly, 1 other"].append(loop())
+        with gradguard.readonly(*others):
+            out["readonly, 200 others"].append(loop())
+    return {k: round(1e9 * statistics.median(v)) for k, v in out.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
@@ -97,9 +123,12 @@ def main() -> None:
         print(f"{r['model']:22} {r['parameters']:>6} {ms['plain']:>9.2f} "
               f"{ms['readonly_all']:>8.2f} {ratio['readonly_all']:.2f}x "
               f"{ms['readonly_other']:>9.2f} {ratio['readonly_other']:.2f}x")
+    per_write = write_cost()
+    print("unlisted write t.add_(1), ns per call (median): " +
+          ", ".join(f"{k} {v}" for k, v in per_write.items()))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"env": env, "results": results}, f, indent=1)
+            json.dump({"env": env, "results": results, "write_ns": per_write}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -123,9 +123,11 @@ class Runtime:
 
     def _tell_watchers(self, op: str, tensors: Iterable[Any], whole: bool) -> None:
         watches = self._watches
+        watch_all = self._watch_all
         for t in tensors:
-            for watcher in tuple(self._watch_all):
-                watcher.before_watched_write(op, t, whole, ())
+            if watch_all:
+                for watcher in tuple(watch_all):
+                    watcher.before_watched_write(op, t, whole, ())
             if not watches:
                 continue
             freed = isinstance(t, torch.UntypedStorage)
