@@ -95,8 +95,8 @@ def _make_wrapper(orig: Callable, op: str, targets: Callable, whole: bool,
                 or _is_compiling()):
             return orig(*args, **kwargs)
         # Nothing saved anywhere (every optimizer step after backward) and no storage
-        # watched: skip the lookup,
-        # but keep the try below, which explains PyTorch's own in-place errors.
+        # watched: skip the lookup, but keep the try below, which explains PyTorch's own
+        # in-place errors.
         token = (listener.before_write(op, targets(args, kwargs), whole)
                  if listener.watching or listener.registry.maybe_live() else None)
         try:
