@@ -8,6 +8,8 @@ Public API::
     gradguard.ProtectSession         what protect() returns: .copied_bytes, .copy_sites
     gradguard.verify(step, *args)    gradients vs a reference immune to in-place writes
     gradguard.Conflict               one finding (with Mutation, SavedBy, TensorInfo, Frame)
+    gradguard.readonly(*tensors)     tensors nothing may write (ReadOnlyTensorError at the write)
+    gradguard.xray(...)              what backward keeps: saved tensors of one training step
     gradguard.write_html(...)        a self-contained HTML page of a session's report
     gradguard.InplaceConflictError   raised in "raise" mode (a RuntimeError); the rest of
                                      the exception and warning tree is in gradguard.errors
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from gradguard.errors import GradguardError as GradguardError
 from gradguard.errors import InplaceConflictError as InplaceConflictError
 from gradguard.errors import InplaceConflictWarning as InplaceConflictWarning
+from gradguard.errors import ReadOnlyTensorError as ReadOnlyTensorError
 from gradguard.errors import UsageError as UsageError
 
 if TYPE_CHECKING:  # what type checkers see; at run time the names load lazily below
@@ -37,9 +40,13 @@ if TYPE_CHECKING:  # what type checkers see; at run time the names load lazily b
     from gradguard._protect.session import CopySite as CopySite
     from gradguard._protect.session import ProtectSession as ProtectSession
     from gradguard._protect.session import protect as protect
+    from gradguard._readonly.session import ReadOnlySession as ReadOnlySession
+    from gradguard._readonly.session import readonly as readonly
     from gradguard._verify.verify import GradDifference as GradDifference
     from gradguard._verify.verify import VerifyResult as VerifyResult
     from gradguard._verify.verify import verify as verify
+    from gradguard._xray.session import XraySession as XraySession
+    from gradguard._xray.session import xray as xray
 
 __version__ = "0.1.0"
 
@@ -58,10 +65,14 @@ _LAZY = {
     "VerifyResult": "gradguard._verify.verify",
     "GradDifference": "gradguard._verify.verify",
     "write_html": "gradguard._explain.html",
+    "readonly": "gradguard._readonly.session",
+    "ReadOnlySession": "gradguard._readonly.session",
+    "xray": "gradguard._xray.session",
+    "XraySession": "gradguard._xray.session",
 }
 
 __all__ = sorted([*_LAZY, "GradguardError", "InplaceConflictError", "InplaceConflictWarning",
-                  "UsageError", "__version__"])
+                  "ReadOnlyTensorError", "UsageError", "__version__"])
 
 
 def __getattr__(name: str) -> Any:

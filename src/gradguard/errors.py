@@ -3,8 +3,11 @@
     Exception
     └── GradguardError                base of every error gradguard raises on purpose
         ├── UsageError                bad input to the CLI or API (missing file, bad option)
-        └── InplaceConflictError      (also a RuntimeError) an in-place write broke autograd;
-                                      its message is the full report, `.conflicts` the findings
+        ├── InplaceConflictError      (also a RuntimeError) an in-place write broke autograd;
+        │                             its message is the full report, `.conflicts` the findings
+        └── ReadOnlyTensorError       (also a RuntimeError) a write to a tensor made read-only
+                                      with `gradguard.readonly()`, raised before its bytes
+                                      change (or at exit, for ``checksum=True``)
 
     UserWarning
     └── InplaceConflictWarning        one per conflict with ``on_conflict="warn"``
@@ -16,7 +19,8 @@ from typing import TYPE_CHECKING, Sequence
 if TYPE_CHECKING:
     from gradguard._findings.model import Conflict
 
-__all__ = ["GradguardError", "UsageError", "InplaceConflictError", "InplaceConflictWarning"]
+__all__ = ["GradguardError", "UsageError", "InplaceConflictError", "InplaceConflictWarning",
+           "ReadOnlyTensorError"]
 
 
 class GradguardError(Exception):
@@ -39,9 +43,26 @@ class InplaceConflictError(GradguardError, RuntimeError):
         self.conflicts = list(conflicts)
 
 
+class ReadOnlyTensorError(GradguardError, RuntimeError):
+    """A write to a tensor listed in `gradguard.readonly()`.
+
+    ``.tensor`` is the tensor's name (e.g. ``model.fc.weight``), ``.op`` the writing
+    operation, ``.where`` the writing line as ``file:line`` (None when found only by the
+    checksum at exit: the write was made outside PyTorch's Python API).
+    """
+
+    def __init__(self, message: str, tensor: str = "", op: str = "",
+                 where: "str | None" = None) -> None:
+        super().__init__(message)
+        self.tensor = tensor
+        self.op = op
+        self.where = where
+
+
 class InplaceConflictWarning(UserWarning):
     """Issued for each conflict in ``on_conflict="warn"`` mode, at the writing line."""
 
 
-for _public in (GradguardError, UsageError, InplaceConflictError, InplaceConflictWarning):
+for _public in (GradguardError, UsageError, InplaceConflictError, InplaceConflictWarning,
+                ReadOnlyTensorError):
     _public.__module__ = "gradguard"

@@ -12,6 +12,12 @@ overrides the ini key), and per test by the ``gradguard`` marker or by requestin
   ``"warn"`` or ``"record"`` (do not fail; inspect the ``gradguard`` fixture).
   ``enabled=False`` turns it off for the test.
 * The ``gradguard`` fixture is the test's `DetectSession` (``.conflicts``, ``.report()``).
+* ``@pytest.mark.gradguard_readonly("model", "data.weight", checksum=False)``: run the
+  test's body (the call phase, after its fixtures are built) under
+  `gradguard.readonly()` of what each argument names: a fixture the test requests,
+  optionally followed by attributes (``"model.fc.weight"``); a tensor, a module (its
+  parameters and buffers) or an iterable of them. A write to any of them fails the test
+  with `ReadOnlyTensorError` at the writing line. Independent of ``--gradguard``.
 * The session covers the setup and call phases (fixtures that build graphs included),
   not teardown.
 * When on from the command line or ini, the write patches are installed, and a session
@@ -37,6 +43,12 @@ _MARKER_HELP = (
     "gradguard(enabled=True, on_conflict='fail', checksum=False, when='backward', "
     "max_stack=8): run the test under gradguard.detect(); on_conflict is 'fail' (fail the "
     "test at its end), 'raise' (raise at the backward), 'warn' or 'record' (do not fail)")
+
+
+_READONLY_HELP = (
+    "gradguard_readonly(*names, checksum=False): run the test body under "
+    "gradguard.readonly() of the named fixtures (or fixture.attribute paths): tensors, "
+    "modules (their parameters and buffers) or iterables of them")
 
 
 class _RunState:
@@ -85,6 +97,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", _MARKER_HELP)
+    config.addinivalue_line("markers", _READONLY_HELP)
     if _RUN not in config.stash:  # not started from the command line (e.g. pytest.main)
         config.stash[_RUN] = _RunState(_enabled(config))
 
@@ -176,6 +189,68 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
                     f"(turn off with @pytest.mark.gradguard(enabled=False))\n\n"
                     f"{session.report()}", pytrace=False)
     return result
+
+
+def _readonly_targets(item: pytest.Item, marker: Any) -> list[Any]:
+    funcargs = getattr(item, "funcargs", {})
+    if not marker.args:
+        _usage(f"{item.nodeid}: @pytest.mark.gradguard_readonly needs the names of "
+               "fixtures to make read-only, e.g. gradguard_readonly('model')")
+    targets = []
+    for spec in marker.args:
+        if not isinstance(spec, str) or not spec:
+            _usage(f"{item.nodeid}: gradguard_readonly takes fixture names (strings), "
+                   f"not {spec!r}")
+        fixture, *attrs = spec.split(".")
+        if fixture not in funcargs:
+            _usage(f"{item.nodeid}: gradguard_readonly({spec!r}): the test does not "
+                   f"request a fixture {fixture!r}; add it to the test's arguments")
+        value = funcargs[fixture]
+        for i, attr in enumerate(attrs):
+            try:
+                value = getattr(value, attr)
+            except AttributeError:
+                _usage(f"{item.nodeid}: gradguard_readonly({spec!r}): "
+                       f"{'.'.join([fixture, *attrs[:i]])} has no attribute {attr!r}")
+        targets.append((spec, value))
+    return targets
+
+
+@pytest.hookimpl(wrapper=True, specname="pytest_runtest_call")
+def pytest_runtest_call_readonly(item: pytest.Item) -> Generator[None, None, None]:
+    marker = item.get_closest_marker("gradguard_readonly")
+    if marker is None:
+        return (yield)
+    unknown = sorted(set(marker.kwargs) - {"checksum"})
+    if unknown:
+        _usage(f"{item.nodeid}: unknown gradguard_readonly option(s) {', '.join(unknown)}; "
+               "known: checksum")
+    from gradguard._readonly.session import ReadOnlySession, _flatten
+    from gradguard.errors import UsageError
+
+    sessions = []
+    try:
+        for spec, value in _readonly_targets(item, marker):
+            try:
+                tensors = _flatten([value])
+            except UsageError as exc:
+                _usage(f"{item.nodeid}: gradguard_readonly({spec!r}): {exc}")
+            name = spec if isinstance(value, _tensor_type()) else None
+            sessions.append(ReadOnlySession(tensors, name=name,
+                                            checksum=bool(marker.kwargs.get("checksum"))))
+        for session in sessions:
+            session.start()
+        result = yield
+    finally:
+        for session in reversed(sessions):
+            session.release()
+    return result
+
+
+def _tensor_type() -> type:
+    import torch
+
+    return torch.Tensor
 
 
 def _trim_stacks(conflicts: list) -> None:

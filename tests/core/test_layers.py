@@ -28,6 +28,8 @@ ALLOWED = {
     "_detect": {"errors", "_findings", "_core", "_explain"},
     "_protect": {"errors", "_findings", "_core", "_explain", "_detect"},
     "_verify": {"errors", "_findings", "_core", "_explain", "_detect"},
+    "_readonly": {"errors", "_findings", "_core", "_explain"},
+    "_xray": {"errors", "_findings", "_core", "_explain"},
 }
 ENTRY_POINTS = {"__init__", "__main__", "_cli", "integrations", "pytest_plugin"}
 TORCH_FREE = ["gradguard.errors", "gradguard._findings.model", "gradguard._findings.kinds",

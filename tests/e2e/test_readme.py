@@ -31,7 +31,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 DOC_PAGES = ["run", "detect", "protect", "verify", "pytest", "report", "how-it-works",
-             "benchmarks"]
+             "benchmarks", "readonly", "xray"]
 README_MAX_LINES = 160
 
 FENCE = re.compile(r"(?:<!-- doctest: (?P<directive>[^>]*?) -->\n)?```python\n(?P<code>.*?)```\n"

@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "fix": ("gradguard._cli.fix", "rewrite in-place autograd hazards out of place"),
     "rule": ("gradguard._cli.rule", "print the documentation of a lint rule"),
     "run": ("gradguard._cli.run", "run a script or module under the in-place write sanitizer"),
+    "xray": ("gradguard._cli.xray", "run a training script and show what backward keeps in one step"),
 }
 
 

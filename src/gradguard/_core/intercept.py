@@ -98,10 +98,11 @@ def _make_wrapper(orig: Callable, op: str, targets: Callable, whole: bool,
         if (listener is None or (only_with_out and "out" not in kwargs) or state.busy
                 or _is_compiling()):
             return orig(*args, **kwargs)
-        # Nothing saved anywhere (every optimizer step after backward): skip the lookup,
-        # but keep the try below, which explains PyTorch's own in-place errors.
+        # Nothing saved anywhere (every optimizer step after backward) and no storage
+        # watched: skip the lookup, but keep the try below, which explains PyTorch's own
+        # in-place errors.
         token = (listener.before_write(op, targets(args, kwargs), whole)
-                 if listener.registry.maybe_live() else None)
+                 if listener.watching or listener.registry.maybe_live() else None)
         try:
             result = orig(*args, **kwargs)
         except BaseException as exc:

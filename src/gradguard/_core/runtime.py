@@ -57,6 +57,12 @@ class Runtime:
         self._local = _ThreadSessions()  # this thread's, innermost last (saved-tensor
         # hooks are thread-local in PyTorch, so nesting is per thread too)
         self._patches = patching.Patches()  # Function.apply, saved_tensors_hooks.__enter__
+        # Watched storages (`watch`): storage key -> [Watch]; and sessions told of every
+        # write (`watch_all`). `watching` is their union's truth, read by every
+        # intercepted write: False, a write costs nothing more than before.
+        self._watches: dict[int, list[Watch]] = {}
+        self._watch_all: list[Session] = []
+        self.watching = False
 
     # -- sessions -----------------------------------------------------------------
     def acquire(self, session: Session) -> None:
@@ -79,15 +85,91 @@ class Runtime:
                 self.registry.sweep()
 
     def innermost(self) -> Optional[Session]:
-        """This thread's innermost active session."""
+        """This thread's innermost active session that saves tensors (`Session.saves`)."""
         stack = self._local.stack
-        return stack[-1] if stack else None
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i].saves:
+                return stack[i]
+        return None
+
+    # -- watched storages ---------------------------------------------------------------
+    def watch(self, tensor: torch.Tensor, watcher: Session, payload: Any) -> Optional["Watch"]:
+        """Tell ``watcher`` (`Session.before_watched_write`) of every intercepted write
+        overlapping ``tensor``'s bytes (by storage identity and byte range: views, bases,
+        ``.data`` and ``.detach()`` aliases included), until `unwatch`. Holds ``tensor``.
+        None when it has no dense storage to watch."""
+        key = storage_key(tensor)
+        if key is None:
+            return None
+        entry = Watch(tensor, key, watcher, payload)
+        with self._lock:
+            self._watches.setdefault(key, []).append(entry)
+            self.watching = True
+        return entry
+
+    def unwatch(self, entry: "Watch") -> None:
+        with self._lock:
+            entries = self._watches.get(entry.key, [])
+            _remove_last(entries, entry)
+            if not entries:
+                self._watches.pop(entry.key, None)
+            self.watching = bool(self._watches or self._watch_all)
+
+    def watch_all(self, watcher: Session) -> None:
+        """Tell ``watcher`` of every intercepted write (payloads empty), until
+        `unwatch_all`."""
+        with self._lock:
+            self._watch_all.append(watcher)
+            self.watching = True
+
+    def unwatch_all(self, watcher: Session) -> None:
+        with self._lock:
+            _remove_last(self._watch_all, watcher)
+            self.watching = bool(self._watches or self._watch_all)
+
+    def _tell_watchers(self, op: str, tensors: Iterable[Any], whole: bool) -> None:
+        watches = self._watches
+        watch_all = self._watch_all
+        for t in tensors:
+            if watch_all:
+                for watcher in tuple(watch_all):
+                    watcher.before_watched_write(op, t, whole, ())
+            if not watches:
+                continue
+            freed = isinstance(t, torch.UntypedStorage)
+            key = int(t._cdata) if freed else storage_key(t)
+            entries = watches.get(key) if key is not None else None
+            if not entries:
+                continue
+            start, end = (0, t.nbytes()) if freed else byte_range(t)
+            hits: dict[int, tuple[Session, list[Any]]] = {}
+            for entry in tuple(entries):
+                if freed:
+                    hit = True
+                elif whole:  # metadata: only the tensor itself changes (see below)
+                    hit = entry.tensor is t
+                else:
+                    hit = overlaps(entry.tensor, start, end, t)
+                if hit:
+                    group = hits.setdefault(id(entry.watcher), (entry.watcher, []))
+                    group[1].append(entry.payload)
+            for watcher, payloads in hits.values():
+                watcher.before_watched_write(op, t, whole, payloads)
 
     # -- writes (called by the interception wrappers) --------------------------------
     def before_write(self, op: str, tensors: Iterable[torch.Tensor], whole: bool) -> Any:
         """Called just before an intercepted write executes: records the write on every
         live saved record sharing a written storage and tells their watchers. Returns a
-        token for `after_write` / `write_failed`."""
+        token for `after_write` / `write_failed`. Watchers (`watch`) are told first, and
+        may stop the write by raising a `GradguardError`."""
+        if self.watching:
+            tensors = tuple(tensors)
+            try:
+                self._tell_watchers(op, tensors, whole)
+            except GradguardError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - see below
+                self.internal_error(f"the write {op}", exc)
         if not self.registry.maybe_live():
             return None
         try:
@@ -184,6 +266,18 @@ class Runtime:
                 if session is not None:
                     session.on_write_error(kind, op, exc, args)
                 return
+
+
+class Watch:
+    """One watched tensor (`Runtime.watch`)."""
+
+    __slots__ = ("tensor", "key", "watcher", "payload")
+
+    def __init__(self, tensor: torch.Tensor, key: int, watcher: Session, payload: Any) -> None:
+        self.tensor = tensor
+        self.key = key
+        self.watcher = watcher
+        self.payload = payload
 
 
 def _remove_last(items: list, item: Any) -> None:

@@ -30,6 +30,11 @@ class Session:
 
     max_stack: int = sites.MAX_STACK
     _gradguard_session = True  # how the runtime tells our hooks' owners from others
+    # Whether the session installs saved-tensor hooks (`pack`/`unpack`). A session that
+    # does not (it only watches writes, `Runtime.watch`) is transparent: it is never the
+    # innermost session, so the listener methods below keep going to the saving session
+    # it is nested in or wraps.
+    saves: bool = True
 
     def __init__(self) -> None:
         self.parent: Optional[Session] = None  # the enclosing session while active
@@ -44,14 +49,15 @@ class Session:
             self.on_enter()
         self._depth += 1
         runtime.acquire(self)
-        hooks = GradguardHooks(self.pack, self.unpack)
-        hooks.__enter__()
-        self._hooks.append(hooks)
+        if self.saves:
+            hooks = GradguardHooks(self.pack, self.unpack)
+            hooks.__enter__()
+            self._hooks.append(hooks)
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        hooks = self._hooks.pop()
-        hooks.__exit__(*exc_info)
+        if self.saves:
+            self._hooks.pop().__exit__(*exc_info)
         runtime.release(self)
         self._depth -= 1
         if self._depth == 0:
@@ -105,6 +111,14 @@ class Session:
 
     def writes_failed(self, token: Any) -> None:
         """The write announced with ``token`` raised: undo what ``before_writes`` did."""
+
+    def before_watched_write(self, op: str, target: Any, whole: bool,
+                             payloads: Sequence[Any]) -> None:
+        """An intercepted write ``op`` is about to write ``target`` (a tensor, or an
+        ``UntypedStorage`` being resized), overlapping the bytes this session watches
+        with `Runtime.watch` under ``payloads`` (empty for a `Runtime.watch_all`). Called
+        before the bytes change and before any saved-record bookkeeping; raising a
+        `GradguardError` stops the write."""
 
     def kept_tensor(self, record: "SavedRecord") -> Optional[torch.Tensor]:
         """What backward should get for ``record`` instead of its live tensor, if this
