@@ -20,13 +20,12 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from gradguard.errors import UsageError
 from gradguard._findings import twins
-from gradguard.lint import tables as T
-from gradguard.lint.rules._common import torch_name
 from gradguard._findings.twins import dotted
+from gradguard.errors import UsageError
+from gradguard.lint import tables as T
 from gradguard.lint.base import FileContext
-
+from gradguard.lint.rules._common import torch_name
 
 # Writing under no_grad on the tensor itself bumps its version counter: a silently
 # wrong program becomes one that raises at backward.  Never applied without --unsafe-fixes.
@@ -156,10 +155,10 @@ def fix_for_line(ctx: FileContext, line: int, op: str = "") -> tuple:
 
 
 def run_from_report(args: argparse.Namespace) -> int:
-    from gradguard.lint.values import Facts
     from gradguard.lint.engine import decode_source
     from gradguard.lint.files import write_or_diff
     from gradguard.lint.fixer import apply_fixes
+    from gradguard.lint.values import Facts
 
     if args.paths:
         raise UsageError("--from-report takes no PATH arguments (the report names the files)")

@@ -7,8 +7,23 @@ from typing import Optional
 
 from gradguard._findings.twins import dotted
 from gradguard.lint import tables as T
-from gradguard.lint.values import (TENSOR, MAYBE, OTHER, JAX, exclusive, Obj, ModuleInfo, Val, Binding, _OTHER, StepHazard, TapeEvent, _all_nograd, _min_origin)
-from gradguard.lint.names import (_OPTIMIZER_RE, data_owner, _is_true, _NOGRAD_NAME_RE, _display)
+from gradguard.lint.names import _NOGRAD_NAME_RE, _OPTIMIZER_RE, _display, _is_true, data_owner
+from gradguard.lint.values import (
+    _OTHER,
+    JAX,
+    MAYBE,
+    OTHER,
+    TENSOR,
+    Binding,
+    ModuleInfo,
+    Obj,
+    StepHazard,
+    TapeEvent,
+    Val,
+    _all_nograd,
+    _min_origin,
+    exclusive,
+)
 
 _SINK_CALLS = frozenset({"print", "str", "repr", "format", "append", "extend", "log", "info",
                          "debug", "warning", "write", "set_postfix", "add_scalar", "update"})
@@ -340,7 +355,8 @@ class ExpressionEvaluator:
                 len(node.args) > idx and _is_true(node.args[idx]))
             if inplace and args and args[0].obj is not None:
                 x = args[0]
-                self.record_write("inplace_kw", node, x, node.args[0], method=short, stmt_level=stmt_level, op_text=f"F.{short}")
+                self.record_write("inplace_kw", node, x, node.args[0], method=short, stmt_level=stmt_level,
+                                  op_text=f"F.{short}")
                 if short in T.FUNCTIONAL_OUTPUT_SAVING_WHEN_INPLACE:
                     self.save(x, f"F.{short}", node, output=True)
                 return x.view()
@@ -465,8 +481,8 @@ class ExpressionEvaluator:
             return self._unknown_call(node, args, kwargs)
         if m in T.INPLACE_METHODS and not m.startswith("_"):
             if recv.via_data:
-                self.record_write("data", node, recv, data_owner(func.value), method=m, data_form="method", stmt_level=stmt_level,
-                                  evidence=True)
+                self.record_write("data", node, recv, data_owner(func.value), method=m, data_form="method",
+                                  stmt_level=stmt_level, evidence=True)
             else:
                 self.mark_tensor(recv)
                 self.record_write("method", node, recv, func.value, method=m, stmt_level=stmt_level, op_text=f".{m}()")
@@ -510,7 +526,8 @@ class ExpressionEvaluator:
             self.mark_tensor(recv)
             return self.new(TENSOR, recv.origin, nograd=recv.nograd or m in _INT_CASTS or (
                 m == "to" and any(isinstance(a, ast.Attribute) and a.attr in _INT_DTYPES for a in node.args)))
-        if recv.kind == TENSOR and recv.nograd and all(v.nograd or v.obj is None for v in list(args) + list(kwargs.values())):
+        if recv.kind == TENSOR and recv.nograd and all(v.nograd or v.obj is None
+                                                       for v in list(args) + list(kwargs.values())):
             # another Tensor method of tensors that cannot require grad: neither can its result
             self._unknown_call(node, args, kwargs)
             return self.new(TENSOR, recv.origin, nograd=True)

@@ -68,7 +68,8 @@ def _strip_inplace(call: cst.Call) -> Optional[cst.Call]:
     removed = args.pop(drop)
     if args and drop == len(args):
         # keep a trailing comma only if the removed (last) argument had one
-        comma = removed.comma if isinstance(removed.comma, cst.Comma) and _has_newline(removed.comma) else cst.MaybeSentinel.DEFAULT
+        comma = (removed.comma if isinstance(removed.comma, cst.Comma) and _has_newline(removed.comma)
+                 else cst.MaybeSentinel.DEFAULT)
         args[-1] = args[-1].with_changes(comma=comma)
     return call.with_changes(args=args)
 
@@ -266,7 +267,8 @@ class _FixTransformer(cst.CSTTransformer):
         return cst.FlattenSentinel([clone, line.with_changes(leading_lines=[])])
 
     def _jax_at(self, f: Fix, line: cst.SimpleStatementLine, small: cst.BaseSmallStatement):
-        if isinstance(small, cst.Assign) and len(small.targets) == 1 and isinstance(small.targets[0].target, cst.Subscript):
+        if (isinstance(small, cst.Assign) and len(small.targets) == 1
+                and isinstance(small.targets[0].target, cst.Subscript)):
             sub, method, value = small.targets[0].target, "set", small.value
         elif isinstance(small, cst.AugAssign) and isinstance(small.target, cst.Subscript):
             sub, value = small.target, small.value
@@ -290,7 +292,8 @@ class _FixTransformer(cst.CSTTransformer):
 
     def _no_grad(self, f: Fix, line: cst.SimpleStatementLine, small: cst.BaseSmallStatement):
         new: Optional[cst.BaseSmallStatement] = None
-        if isinstance(small, cst.Expr) and isinstance(small.value, cst.Call) and isinstance(small.value.func, cst.Attribute):
+        if (isinstance(small, cst.Expr) and isinstance(small.value, cst.Call)
+                and isinstance(small.value.func, cst.Attribute)):
             func = small.value.func
             owner = _drop_data(func.value)
             if owner is not None:
@@ -325,7 +328,8 @@ class _FixTransformer(cst.CSTTransformer):
             return inner  # already under no_grad: dropping .data is enough
         self.used_torch = True
         with_node = cst.With(
-            items=[cst.WithItem(cst.Call(func=cst.Attribute(value=cst.Name(self.torch_name), attr=cst.Name("no_grad"))))],
+            items=[cst.WithItem(cst.Call(func=cst.Attribute(value=cst.Name(self.torch_name),
+                                                            attr=cst.Name("no_grad"))))],
             body=cst.IndentedBlock(body=[inner.with_changes(leading_lines=[])]),
             leading_lines=line.leading_lines,
         )
@@ -378,8 +382,9 @@ def _add_import_torch(module: cst.Module) -> cst.Module:
     insert_at = 0
     for i, stmt in enumerate(body):
         if isinstance(stmt, cst.SimpleStatementLine) and all(
-                isinstance(s, (cst.Import, cst.ImportFrom)) or (i == 0 and isinstance(s, cst.Expr)
-                                                                and isinstance(s.value, (cst.SimpleString, cst.ConcatenatedString)))
+                isinstance(s, (cst.Import, cst.ImportFrom))
+                or (i == 0 and isinstance(s, cst.Expr)
+                    and isinstance(s.value, (cst.SimpleString, cst.ConcatenatedString)))
                 for s in stmt.body):
             insert_at = i + 1
         else:

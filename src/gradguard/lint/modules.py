@@ -7,8 +7,8 @@ from typing import Optional
 
 from gradguard._findings.twins import MODULE_INPLACE_ARG
 from gradguard.lint import tables as T
-from gradguard.lint.values import (ModuleInfo, SequentialHazard, InplaceFlag)
-from gradguard.lint.names import (_is_true, _walk_statements)
+from gradguard.lint.names import _is_true, _walk_statements
+from gradguard.lint.values import InplaceFlag, ModuleInfo, SequentialHazard
 
 
 class ModuleScanner:
@@ -33,7 +33,8 @@ class ModuleScanner:
             inplace, text = True, ast.unparse(kw.value)
         if cls == "Threshold" and len(call.args) >= 3 and _is_true(call.args[2]):
             inplace = True
-        elif cls in T.INPLACE_MODULES and cls != "Threshold" and call.args and _is_true(call.args[-1]) and len(call.args) >= 1:
+        elif (cls in T.INPLACE_MODULES and cls != "Threshold" and call.args and _is_true(call.args[-1])
+              and len(call.args) >= 1):
             # nn.ReLU(True), nn.Dropout(0.5, True), nn.LeakyReLU(0.2, True)
             positional_index = MODULE_INPLACE_ARG.get(cls)
             if positional_index is not None and len(call.args) == positional_index + 1:

@@ -7,9 +7,9 @@ import re
 from typing import Any, Optional
 
 from gradguard._findings.twins import dotted
-from gradguard.lint.values import (TENSOR, MAYBE, OTHER, JAX, Save, exclusive, Obj, Val, Binding, Write, CtxStore)
-from gradguard.lint.names import (data_owner, _decorated_no_grad, _is_autograd_function, _NOGRAD_NAME_RE)
 from gradguard.lint.expressions import ExpressionEvaluator
+from gradguard.lint.names import _NOGRAD_NAME_RE, _decorated_no_grad, _is_autograd_function, data_owner
+from gradguard.lint.values import JAX, MAYBE, OTHER, TENSOR, Binding, CtxStore, Obj, Save, Val, Write, exclusive
 
 
 class ScopeWalker(ExpressionEvaluator):
@@ -287,7 +287,7 @@ class ScopeWalker(ExpressionEvaluator):
             self._finish_tape(self.tape.pop(), stmt, start)
 
     def _finish_tape(self, events: list, stmt: ast.AST, start: int) -> None:
-        for ev_index, event, receiver in events:
+        for _ev_index, event, receiver in events:
             if event.kind == "numpy":
                 self.facts.tape_events.append(event)
                 continue
@@ -368,7 +368,8 @@ class ScopeWalker(ExpressionEvaluator):
         if item is not None:
             if aug is not None and item.obj is not None and not isinstance(aug.op, ast.MatMult):
                 # laterals[0] += x: `__iadd__` on the tensor stored there, in place
-                self.record_write("augassign", aug, item, target, target_name=ast.get_source_segment(self.fa.source, target) or ast.unparse(target))
+                self.record_write("augassign", aug, item, target,
+                                  target_name=ast.get_source_segment(self.fa.source, target) or ast.unparse(target))
             elif aug is None:
                 base.items[item_key(target.slice)] = v if v is not None else Val(MAYBE, Obj(MAYBE))
             return
@@ -410,7 +411,8 @@ class ScopeWalker(ExpressionEvaluator):
             return
         if cur.kind in (OTHER, JAX) or cur.obj is None:
             # numbers, lists, immutable JAX arrays: `+=` rebinds, nothing is written
-            kind = JAX if (cur.kind == JAX or v.kind == JAX) else (OTHER if v.kind == OTHER and cur.kind == OTHER else MAYBE)
+            kind = (JAX if (cur.kind == JAX or v.kind == JAX)
+                    else (OTHER if v.kind == OTHER and cur.kind == OTHER else MAYBE))
             self.bind(name, self.new(kind))
             return
         if isinstance(stmt.op, ast.MatMult):

@@ -8,7 +8,6 @@ from gradguard._findings import twins
 from gradguard.lint.base import FileContext, Fix
 from gradguard.lint.values import Write
 
-
 _WRITE_KINDS = ("method", "torch_func", "augassign", "inplace_kw", "inplace_module", "call", "out")
 
 
@@ -71,7 +70,8 @@ def _out_of_place_fix(ctx: FileContext, w: Write) -> tuple[Optional[Fix], str]:
             return None, "write to a clone instead"
         short = twin.replace("torch.nn.functional.", "F.")
         if w.stmt_level and named:
-            return ctx.fix("out_of_place_func", w.node, w.safe(), f"Rewrite as `{n} = {short}({n})`"), f"use `{n} = {short}({n})`"
+            fix = ctx.fix("out_of_place_func", w.node, w.safe(), f"Rewrite as `{n} = {short}({n})`")
+            return fix, f"use `{n} = {short}({n})`"
         if w.target.temp:
             return ctx.fix("drop_underscore", w.node, True, f"Use `{short}`"), f"use `{short}(...)`"
         return None, f"use `{short}(...)`"
@@ -109,7 +109,8 @@ def _data_fix(ctx: FileContext, w: Write, safe: bool) -> Optional[Fix]:
         return None
     if isinstance(node, ast.Assign) and len(node.targets) != 1:
         return None
-    return ctx.fix("no_grad", node, safe and w.data_form != "assign", "Write under `torch.no_grad()` instead of `.data`")
+    return ctx.fix("no_grad", node, safe and w.data_form != "assign",
+                   "Write under `torch.no_grad()` instead of `.data`")
 
 
 def torch_name(ctx: FileContext) -> str:
