@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import ast
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from gradguard._findings.twins import MODULE_INPLACE_ARG
 from gradguard.lint import tables as T
 from gradguard.lint.names import _is_true, _walk_statements
-from gradguard.lint.values import InplaceFlag, ModuleInfo, SequentialHazard
+from gradguard.lint.values import Facts, InplaceFlag, ModuleInfo, SequentialHazard
 
 
 class ModuleScanner:
     """Mixin of ``FileAnalyzer``: module constructors and whole-file call scans."""
+
+    # Set by ``analysis.FileAnalyzer``, which these methods are part of.
+    tree: ast.Module
+    facts: Facts
+
+    if TYPE_CHECKING:  # defined by ``analysis.FileAnalyzer``
+        def qual(self, node: ast.AST, local: Optional[set[str]] = None) -> Optional[str]: ...
 
     def module_ctor(self, call: ast.Call, local: Optional[set] = None) -> Optional[ModuleInfo]:
         q = self.qual(call.func, local)
@@ -54,10 +61,10 @@ class ModuleScanner:
                 continue
             kw = next((k for k in node.keywords if k.arg == "inplace" and _is_true(k.value)), None)
             if kw is not None:
-                q = self.qual(node.func) or ""
+                called = self.qual(node.func) or ""
                 ctor = self.module_ctor(node)
                 arg_temp = bool(node.args) and isinstance(node.args[0], ast.Call)
-                self.facts.inplace_flags.append(InplaceFlag(node, kw, q.rsplit(".", 1)[-1] or "call",
+                self.facts.inplace_flags.append(InplaceFlag(node, kw, called.rsplit(".", 1)[-1] or "call",
                                                             id(node) in stmt_calls, arg_temp, ctor is not None))
             q = self.qual(node.func)
             if q == "torch.nn.Sequential":
