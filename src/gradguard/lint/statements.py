@@ -474,7 +474,7 @@ class ScopeWalker(ExpressionEvaluator):
         last = (dotted(node) or "").rsplit(".", 1)[-1].lower()
         return bool(re.search(r"weight|bias|param|grad|emb|tensor|^w$|^b$|^p$", last))
 
-    def record_write(self, kind: str, node: ast.AST, target: Val, target_expr: Optional[ast.AST] = None,
+    def record_write(self, kind: str, node: ast.expr | ast.stmt, target: Val, target_expr: Optional[ast.AST] = None,
                      **kw: Any) -> None:
         """Record an in-place write of ``target`` (the value of ``target_expr``)."""
         if target.obj is None:

@@ -121,10 +121,10 @@ class Write:
     """An in-place write to a tensor."""
 
     kind: str  # method | torch_func | augassign | setitem | inplace_kw | inplace_module | data
-    node: ast.AST  # where to report
+    node: ast.expr | ast.stmt  # where to report
     stmt: ast.stmt
     target: Val
-    saves: tuple
+    saves: tuple[Save, ...]
     method: Optional[str] = None
     data_form: Optional[str] = None  # for kind == "data": method | assign | setitem | augassign
     stmt_level: bool = False
