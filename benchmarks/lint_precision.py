@@ -78,7 +78,7 @@ def main() -> int:
     chosen = {id(t[2]) for t in sample}
     census = [t for t in all_diags if t[2].code.startswith("GG1") and id(t[2]) not in chosen]
     print(f"\nsample of {len(sample)} findings (seed {args.seed}), then the {len(census)} other GG1xx findings:")
-    for i, (lib, root, d) in enumerate(sample + census, 1):
+    for i, (_lib, root, d) in enumerate(sample + census, 1):
         if i == len(sample) + 1:
             print("\n--- GG1xx census (not in the sample) ---")
         print(f"\n[{i}] {d.path}:{d.line} {d.code} {d.message}")

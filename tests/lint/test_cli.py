@@ -117,7 +117,8 @@ def test_gitignore_is_respected(project: Path) -> None:
 def test_json_format(project: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["lint", "--format", "json"]) == 1
     data = json.loads(capsys.readouterr().out)
-    assert [(d["code"], d["filename"], d["location"]) for d in data] == [("GG101", "pkg/model.py", {"row": 6, "column": 5})]
+    assert [(d["code"], d["filename"], d["location"]) for d in data] == [
+        ("GG101", "pkg/model.py", {"row": 6, "column": 5})]
     assert data[0]["fix"]["applicability"] == "safe"
 
 

@@ -31,7 +31,8 @@ def _graph() -> dict:
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
-                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                    parts = package.split(".")
+                    base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
                 for a in node.names:
                     edges.add(f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base)
         graph[name] = {e for e in edges if e in modules and e != name}

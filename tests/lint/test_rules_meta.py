@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
+from gradguard._cli.rule import render, table
 from gradguard.lint import base
 from gradguard.lint.base import Rule, all_rules
-from gradguard._cli.rule import render, table
 
 SECTIONS = ("## What it does", "## Why is this bad?", "## Example", "Use instead:", "## Fix safety")
 
@@ -58,17 +58,23 @@ def test_doc_examples_parse_and_bad_example_is_flagged(code: str) -> None:
         ast.parse(b)
     # The "Example" block, with the imports it assumes, triggers the rule.
     imports = {"torch": "import torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n",
-               "jax": "import jax\nimport jax.numpy as jnp\n", "tensorflow": "import tensorflow as tf\nimport numpy as np\n"}
+               "jax": "import jax\nimport jax.numpy as jnp\n",
+               "tensorflow": "import tensorflow as tf\nimport numpy as np\n"}
     prelude = "".join(imports[f] for f in sorted(r.frameworks))
     bad = blocks[0]
-    body = bad if bad.lstrip().startswith(("class ", "head", "self", "m.")) else "def example(x, w, fake, ones, opt_d, disc, loss_d, bce, h, m):\n" + "".join("    " + line + "\n" for line in bad.splitlines())
+    indented = "".join("    " + line + "\n" for line in bad.splitlines())
+    if bad.lstrip().startswith(("class ", "head", "self", "m.")):
+        body = bad
+    else:
+        body = "def example(x, w, fake, ones, opt_d, disc, loss_d, bce, h, m):\n" + indented
     if code == "GG402":
         body = bad.replace("self.act", "act")
     if code == "GG201":
         body = "def init(m):\n    " + bad
     found = {d.code for d in lint_source(prelude + body, "doc.py", [code])}
     if code in ("GG401",):
-        found = {d.code for d in lint_source(prelude + "class M(nn.Module):\n" + "".join("    " + l + "\n" for l in bad.splitlines()).replace("(self, x)", "(self, x: torch.Tensor)"), "doc.py", [code])}
+        module = "class M(nn.Module):\n" + indented.replace("(self, x)", "(self, x: torch.Tensor)")
+        found = {d.code for d in lint_source(prelude + module, "doc.py", [code])}
     assert code in found, f"{code}'s own example is not flagged"
 
 
@@ -84,7 +90,8 @@ def test_lint_package_does_not_import_torch_or_libcst() -> None:
 
     code = ("import sys, gradguard; before = {'torch', 'libcst'} & set(sys.modules); "
             "import gradguard.lint, gradguard._cli.lint, gradguard._cli.rule; "
-            "from gradguard.lint import lint_source; lint_source('import torch\\nx = torch.sigmoid(y)\\nx.mul_(2)\\n'); "
+            "from gradguard.lint import lint_source; "
+            "lint_source('import torch\\nx = torch.sigmoid(y)\\nx.mul_(2)\\n'); "
             "print(sorted(({'torch', 'libcst'} & set(sys.modules)) - before))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -110,8 +110,8 @@ def test_twin_computes_the_same_values(line: str) -> None:
 
     def run(code: str) -> torch.Tensor:
         torch.manual_seed(0)
-        env = {"torch": torch, "F": F, "x": torch.randn(3, 4, dtype=torch.float64), "y": torch.randn(3, 4, dtype=torch.float64),
-               "v": torch.tensor(1.5), "src": torch.randn(4)}
+        env = {"torch": torch, "F": F, "x": torch.randn(3, 4, dtype=torch.float64),
+               "y": torch.randn(3, 4, dtype=torch.float64), "v": torch.tensor(1.5), "src": torch.randn(4)}
         exec(code, env)
         return env["x"]
 

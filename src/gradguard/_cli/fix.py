@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 from gradguard.errors import UsageError
+from gradguard.lint.engine import decode_source
 from gradguard.lint.files import write_or_diff
 from gradguard.lint.selection import Selection, add_selection_arguments, silence_stdout
-from gradguard.lint.engine import decode_source
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +71,8 @@ def run_fixes(args: argparse.Namespace, quiet_summary: bool = False) -> int:
             fixed += len(result.fixed)
             write_or_diff(path, shown, source, result.source, args.diff, raw)
     verb = "Would fix" if args.diff else "Fixed"
-    msg = f"{verb} {fixed} problem{'s' if fixed != 1 else ''} in {files_changed} file{'s' if files_changed != 1 else ''}."
+    msg = (f"{verb} {fixed} problem{'s' if fixed != 1 else ''} in "
+           f"{files_changed} file{'s' if files_changed != 1 else ''}.")
     if skipped_unsafe:
         msg += f" {skipped_unsafe} unsafe fix{'es' if skipped_unsafe != 1 else ''} not applied (use --unsafe-fixes)."
     print(msg, file=sys.stderr if args.diff else out)

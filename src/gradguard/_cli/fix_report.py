@@ -20,20 +20,19 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from gradguard.errors import UsageError
 from gradguard._findings import twins
-from gradguard.lint import tables as T
-from gradguard.lint.rules._common import torch_name
 from gradguard._findings.twins import dotted
+from gradguard.errors import UsageError
+from gradguard.lint import tables as T
 from gradguard.lint.base import FileContext
-
+from gradguard.lint.rules._common import torch_name
 
 # Writing under no_grad on the tensor itself bumps its version counter: a silently
 # wrong program becomes one that raises at backward.  Never applied without --unsafe-fixes.
 _NO_GRAD_TITLE = "Write under torch.no_grad() (unsafe: backward then raises; move the write after backward)"
 
 
-def load_report(path: str) -> list:
+def load_report(path: str) -> list[tuple[str, int, str]]:
     """(file, line, op) for each conflict, in report order, without duplicates.
 
     The one place this command reads the report: when ``gradguard._findings.schema``
@@ -50,7 +49,7 @@ def load_report(path: str) -> list:
         raise UsageError(f"report {path} has no \"conflicts\" list (is it a `gradguard run` JSON report?)")
     if data.get("version") != 1:
         raise UsageError(f"report {path} has version {data.get('version')!r}; this gradguard reads version 1")
-    sites = []
+    sites: list[tuple[str, int, str]] = []  # (file, line, op)
     for i, c in enumerate(data["conflicts"]):
         m = c.get("mutation") if isinstance(c, dict) else None
         if not isinstance(m, dict) or not isinstance(m.get("file"), str) or not isinstance(m.get("line"), int):
@@ -63,9 +62,9 @@ def load_report(path: str) -> list:
 
 def _innermost_statement(tree: ast.Module, line: int) -> Optional[ast.stmt]:
     best = None
-    body = tree.body
+    body: Optional[list[ast.stmt]] = tree.body
     while body:
-        nxt = None
+        nxt: Optional[list[ast.stmt]] = None
         for stmt in body:
             if stmt.lineno <= line <= (stmt.end_lineno or stmt.lineno):
                 best = stmt
@@ -122,7 +121,7 @@ def fix_for_line(ctx: FileContext, line: int, op: str = "") -> tuple:
                 return ctx.fix("drop_inplace_assign", node, local(node.args[0]), "Rewrite out of place"), None
             return ctx.fix("drop_inplace", node, True, "Remove `inplace=True`"), None
     if isinstance(stmt, ast.AugAssign):
-        t = stmt.target
+        t: ast.expr = stmt.target
         if is_data(t) or (isinstance(t, ast.Subscript) and is_data(t.value)):
             return ctx.fix("no_grad", stmt, False, _NO_GRAD_TITLE), None
         if isinstance(t, ast.Subscript):
@@ -156,10 +155,10 @@ def fix_for_line(ctx: FileContext, line: int, op: str = "") -> tuple:
 
 
 def run_from_report(args: argparse.Namespace) -> int:
-    from gradguard.lint.values import Facts
     from gradguard.lint.engine import decode_source
     from gradguard.lint.files import write_or_diff
     from gradguard.lint.fixer import apply_fixes
+    from gradguard.lint.values import Facts
 
     if args.paths:
         raise UsageError("--from-report takes no PATH arguments (the report names the files)")

@@ -130,7 +130,7 @@ def twin_function(qualname: str) -> Optional[str]:
 
 
 def fresh_buffer_expr(method: str, target: str, args: str, torch_name: str = "torch",
-                      arg_nodes: Optional[list] = None) -> Optional[str]:
+                      arg_nodes: Optional[list[ast.expr]] = None) -> Optional[str]:
     """The expression of a fresh-buffer twin (kind 2 above) in source text, or None.
 
     ``target`` is the written tensor's source text, ``args`` the call's argument

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json as _json
 import os
 import sys
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, cast
+
+if TYPE_CHECKING:  # the adapters import gradguard's sessions only when one starts
+    from gradguard._detect.session import OnConflict
 
 _MODES = ("detect", "protect")
 _ON_CONFLICT = ("raise", "warn", "record")
@@ -31,7 +34,8 @@ class SessionAdapter:
             # fail now, not after a long run
             raise ValueError(f"cannot write the JSON report to {os.fspath(json)!r}: "
                              "no such directory")
-        self.mode, self.on_conflict, self.json = mode, on_conflict, json
+        self.mode, self.json = mode, json
+        self.on_conflict = cast("OnConflict", on_conflict)  # checked above
         self.checksum = checksum
         self.stream = stream
         self.session: Any = None

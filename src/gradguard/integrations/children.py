@@ -26,7 +26,10 @@ import re
 import sys
 import tempfile
 import threading
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, cast
+
+if TYPE_CHECKING:
+    from importlib.abc import Loader
 
 ENV_VAR = "GRADGUARD_SUBPROCESS"
 _FORMAT = 1
@@ -189,7 +192,7 @@ class _TorchImportHook:
             spec = importlib.util.find_spec(name)
         finally:
             self._busy = False
-        loader = getattr(spec, "loader", None)
+        loader: Any = getattr(spec, "loader", None)  # torch's loader, whatever its class
         if spec is None or loader is None or not hasattr(loader, "exec_module"):
             return spec
         child, exec_module = self.child, loader.exec_module
@@ -207,7 +210,7 @@ class _TorchImportHook:
                 child.unhook()
                 child.on_torch()
 
-        spec.loader = _Loader()
+        spec.loader = cast("Loader", _Loader())  # duck-typed: delegates to torch's loader
         return spec
 
 

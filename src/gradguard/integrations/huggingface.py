@@ -20,7 +20,8 @@ from __future__ import annotations
 import atexit
 import functools
 import sys
-from typing import Any
+from types import FrameType
+from typing import Any, Optional
 
 from gradguard.integrations._adapter import lazy_class
 
@@ -37,7 +38,7 @@ def _build() -> type:
 
     def calling_trainer() -> Any:
         """The Trainer whose __init__ is running the callback hook (a few frames up)."""
-        frame = sys._getframe(2)
+        frame: Optional[FrameType] = sys._getframe(2)
         for _ in range(8):
             if frame is None:
                 return None

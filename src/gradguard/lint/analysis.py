@@ -13,12 +13,11 @@ import re
 from typing import Optional
 
 from gradguard._findings.twins import dotted
-from gradguard.lint.values import (Facts)
-from gradguard.lint.names import (_CONVENTIONAL, frameworks_in, collect_aliases, _nested_defs)
 from gradguard.lint.modules import ModuleScanner
+from gradguard.lint.names import _CONVENTIONAL, _nested_defs, collect_aliases, frameworks_in
 from gradguard.lint.statements import ScopeWalker
 from gradguard.lint.summaries import FunctionIndex, FunctionSummary, no_grad_only
-
+from gradguard.lint.values import Facts, ModuleInfo
 
 # Files where some function may run only with grad disabled (a cheap gate before the
 # whole-file call-site scan of ``summaries.no_grad_only``).
@@ -140,7 +139,8 @@ class FileAnalyzer(ModuleScanner):
         return summary
 
     # -- whole-file scans -------------------------------------------------
-    def _analyze_scope(self, scope: ast.AST, cls: Optional[ast.ClassDef], class_modules: Optional[dict]) -> None:
+    def _analyze_scope(self, scope: ast.Module | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef,
+                       cls: Optional[ast.ClassDef], class_modules: Optional[dict[str, ModuleInfo]]) -> None:
         body = scope.body
         if isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef)):
             before = {n: len(getattr(self.facts, n)) for n in self._FACT_LISTS}

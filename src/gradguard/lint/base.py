@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Iterator, Optional
+from typing import TYPE_CHECKING, ClassVar, Iterator, Optional, Protocol
 
 if TYPE_CHECKING:
     from gradguard.lint.values import Facts
@@ -12,6 +12,15 @@ SAFE, UNSAFE, SOMETIMES, NONE = "safe", "unsafe", "sometimes", "none"
 # Rule-level fix availability, as ruff has it: does every finding come with a fix?
 ALWAYS, NEVER = "always", "never"
 AVAILABILITY = (ALWAYS, SOMETIMES, NEVER)
+
+
+class Located(Protocol):
+    """An AST node with a source position: expressions, statements, keywords, arguments."""
+
+    lineno: int
+    col_offset: int
+    end_lineno: Optional[int]
+    end_col_offset: Optional[int]
 
 
 @dataclass(frozen=True)
@@ -67,15 +76,15 @@ class FileContext:
             return len(text.encode("utf-8")[:byte_col].decode("utf-8", "replace"))
         return byte_col
 
-    def span(self, node: ast.AST) -> tuple[int, int, int, int]:
+    def span(self, node: Located) -> tuple[int, int, int, int]:
         line, end_line = node.lineno, getattr(node, "end_lineno", None) or node.lineno
         return (line, self.char_col(line, node.col_offset), end_line,
                 self.char_col(end_line, getattr(node, "end_col_offset", None) or node.col_offset))
 
-    def fix(self, kind: str, node: ast.AST, safe: bool, title: str, replacement: str = "") -> Fix:
+    def fix(self, kind: str, node: Located, safe: bool, title: str, replacement: str = "") -> Fix:
         return Fix(kind, *self.span(node), safe=safe, title=title, replacement=replacement)
 
-    def segment(self, node: ast.AST) -> Optional[str]:
+    def segment(self, node: Located) -> Optional[str]:
         """The source text of a one-line node, else None."""
         if getattr(node, "end_lineno", None) != node.lineno or not 0 < node.lineno <= len(self.lines):
             return None
@@ -120,7 +129,7 @@ class Rule:
     def check(self, ctx: FileContext) -> Iterator[Diagnostic]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def diagnostic(self, ctx: FileContext, node: ast.AST, message: str, fix: Optional[Fix] = None) -> Diagnostic:
+    def diagnostic(self, ctx: FileContext, node: Located, message: str, fix: Optional[Fix] = None) -> Diagnostic:
         line, col, end_line, end_col = ctx.span(node)
         return Diagnostic(ctx.path, line, col + 1, self.code, message, self.name, end_line, end_col + 1, fix)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -22,11 +23,12 @@ class Config:
 
 
 def _load_toml(text: str, path: Path) -> dict:
-    try:
-        import tomllib  # Python 3.11+
-    except ModuleNotFoundError:  # pragma: no cover - exercised on 3.9/3.10 only
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on 3.10 only
         try:
-            import tomli as tomllib  # type: ignore[no-redef]
+            # tomli: an optional backport, not installed where mypy runs
+            import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
         except ModuleNotFoundError:
             return _mini_toml(text)
     try:
@@ -66,8 +68,9 @@ def find_pyproject(start: Path) -> Optional[Path]:
 def load_config(explicit: Optional[str] = None, start: Optional[Path] = None) -> Config:
     """Read ``[tool.gradguard]`` from ``explicit`` or the nearest ``pyproject.toml`` above ``start``."""
     start = (start or Path.cwd()).resolve()
+    path: Optional[Path]
     if explicit is not None:
-        path: Optional[Path] = Path(explicit)
+        path = Path(explicit)
         if not path.is_file():
             raise UsageError(f"config file not found: {explicit}")
     else:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import textwrap
 
-from gradguard.lint.base import Rule, all_rules
+from gradguard.lint.base import Rule
 
 _AVAILABILITY = {"always": "Fix is always available.", "sometimes": "Fix is sometimes available.",
                  "never": "Fix is not available."}

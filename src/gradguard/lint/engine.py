@@ -65,7 +65,7 @@ def _noqa_filter(diags: list, lines: list) -> list:
             kept.append(d)
             continue
         if m.group("codes") is None:
-            continue  # bare `# noqa` silences the line
+            continue  # a bare noqa comment (no codes) silences the line
         codes = {c.upper() for c in re.split(r"[\s,]+", m.group("codes")) if c}
         if not any(d.code == c or d.code.startswith(c) for c in codes):
             kept.append(d)
@@ -84,8 +84,8 @@ def lint_source(source: str, path: str = "<string>", select: Optional[Sequence[s
         return [Diagnostic(path, exc.lineno or 1, max(exc.offset or 1, 1), SYNTAX_ERROR, f"SyntaxError: {msg}",
                            "syntax-error")]
     except (ValueError, RecursionError, MemoryError) as exc:
-        return [Diagnostic(path, 1, 1, SYNTAX_ERROR, f"SyntaxError: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-                           "syntax-error")]
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return [Diagnostic(path, 1, 1, SYNTAX_ERROR, f"SyntaxError: {detail}", "syntax-error")]
     if not frameworks_in(source) or _FILE_NOQA_RE.search(source):
         return []
     facts = analyze(tree, source)
@@ -116,7 +116,8 @@ class FileResult:
     source: Optional[str] = None
 
 
-def lint_file(path: Path, select: Sequence[str], display: Optional[str] = None, keep_source: bool = False) -> FileResult:
+def lint_file(path: Path, select: Sequence[str], display: Optional[str] = None,
+              keep_source: bool = False) -> FileResult:
     """Lint one file; I/O and decoding problems become an ``E902`` diagnostic."""
     shown = display or str(path)
     try:

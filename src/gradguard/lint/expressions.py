@@ -3,12 +3,36 @@ writes its calls make (methods, torch functions, modules, backward)."""
 from __future__ import annotations
 
 import ast
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from gradguard._findings.twins import dotted
 from gradguard.lint import tables as T
-from gradguard.lint.values import (TENSOR, MAYBE, OTHER, JAX, exclusive, Obj, ModuleInfo, Val, Binding, _OTHER, StepHazard, TapeEvent, _all_nograd, _min_origin)
-from gradguard.lint.names import (_OPTIMIZER_RE, data_owner, _is_true, _NOGRAD_NAME_RE, _display)
+from gradguard.lint.names import _NOGRAD_NAME_RE, _OPTIMIZER_RE, _display, _is_true, data_owner
+from gradguard.lint.values import (
+    _OTHER,
+    JAX,
+    MAYBE,
+    OTHER,
+    TENSOR,
+    Binding,
+    Facts,
+    ModuleInfo,
+    Obj,
+    StepHazard,
+    TapeEvent,
+    Val,
+    _all_nograd,
+    _min_origin,
+    exclusive,
+)
+
+if TYPE_CHECKING:
+    from gradguard.lint.summaries import FunctionIndex, FunctionSummary
+
+# A TensorFlow tape's recorded event: (statement index, the event, the receiver's dotted name).
+TapeRecord = tuple[int, TapeEvent, Optional[str]]
+# An optimizer step: (statement index, the call, its source text, the enclosing if/else arms).
+StepRecord = tuple[int, ast.Call, str, tuple[tuple[int, str], ...]]
 
 _SINK_CALLS = frozenset({"print", "str", "repr", "format", "append", "extend", "log", "info",
                          "debug", "warning", "write", "set_postfix", "add_scalar", "update"})
@@ -20,8 +44,51 @@ _PURE_BUILTINS = frozenset({"max", "min", "sum", "abs", "pow", "next", "iter", "
 # Conventional import aliases, used only when a file does not bind the name itself.
 
 
+class Analyzer(Protocol):
+    """What the walker uses of its ``analysis.FileAnalyzer`` (described here, not
+    imported: analysis imports statements, which imports this module)."""
+
+    facts: Facts
+    source: str
+    aliases: dict[str, str]
+    no_grad_only: set[int]  # ids of the FunctionDefs that only run with grad disabled
+    index: Optional[FunctionIndex]
+
+    def qual(self, node: ast.AST, local: Optional[set[str]] = None) -> Optional[str]: ...
+    def module_ctor(self, call: ast.Call, local: Optional[set[str]] = None) -> Optional[ModuleInfo]: ...
+    def function_summary(self, name: str, cls_name: Optional[str] = None) -> Optional[FunctionSummary]: ...
+    def note_call(self, name: str, node: ast.Call, args: list[Val], kwargs: dict[Optional[str], Val]) -> None: ...
+
+
 class ExpressionEvaluator:
     """Mixin of ``ScopeWalker``: ``ev(node)`` and the call handlers."""
+
+    # The walker state these methods use; ``statements.ScopeWalker`` sets it (see there).
+    fa: Analyzer
+    facts: Facts
+    env: dict[str, Binding]
+    locals: set[str]
+    index: int
+    index_lines: dict[int, int]
+    sink: int
+    tape: list[list[TapeRecord]]
+    steps: list[StepRecord]
+    branch: list[tuple[int, str]]
+    cls: Optional[ast.ClassDef]
+    class_modules: dict[str, ModuleInfo]
+    ctx_name: Optional[str]
+    has_torch: bool
+
+    if TYPE_CHECKING:  # defined by ``statements.ScopeWalker``
+        def qual(self, node: ast.AST) -> Optional[str]: ...
+        def new(self, kind: str, origin: Optional[int] = None, nograd: bool = False, **kw: Any) -> Val: ...
+        def mark_tensor(self, v: Val) -> None: ...
+        def save(self, v: Val, op: str, node: ast.expr, output: bool = False,
+                 grad_from: Optional[list[Val]] = None) -> None: ...
+        def lookup(self, name: str) -> Val: ...
+        def assign(self, target: ast.AST, v: Val, value_node: Optional[ast.AST]) -> None: ...
+        def record_write(self, kind: str, node: ast.expr | ast.stmt, target: Val, target_expr: Optional[ast.AST] = None,
+                         **kw: Any) -> None: ...
 
     def ev(self, node: ast.AST, stmt_level: bool = False) -> Val:
         m = getattr(self, "ev_" + type(node).__name__, None)
@@ -62,7 +129,7 @@ class ExpressionEvaluator:
 
     ev_Set = _containers
 
-    def _sequence(self, node: ast.AST) -> Val:
+    def _sequence(self, node: ast.Tuple | ast.List) -> Val:
         """``[lat0(c0), lat1(c1)]``: a container that remembers its items, so that
         ``laterals[0] += ...`` writes the tensor ``lat0`` returned."""
         items: dict = {}
@@ -246,7 +313,7 @@ class ExpressionEvaluator:
             self.sink -= 1
         if q is not None:
             return self._call_qualified(node, q, args, kwargs, stmt_level)
-        if recv is not None:
+        if recv is not None and isinstance(func, ast.Attribute):  # recv is only set for attributes
             return self._call_method(node, func, recv, args, kwargs, stmt_level)
         # calling a local value: a module instance we know, or anything else
         if callee.module is not None:
@@ -272,6 +339,7 @@ class ExpressionEvaluator:
             b = self.env.get(arr_node.id)
             if b is not None:
                 b.val = b.val.view(np_tensor=tensor.obj, temp=False)  # never mutate a shared value
+        assert tensor.obj is not None  # a new TENSOR value always has its object
         tensor.obj.names.add(f"from_numpy@{node.lineno}")
 
     def _apply_summary(self, node: ast.Call, summary, args: list, kwargs: dict, label: str, stmt_level: bool) -> None:
@@ -340,7 +408,8 @@ class ExpressionEvaluator:
                 len(node.args) > idx and _is_true(node.args[idx]))
             if inplace and args and args[0].obj is not None:
                 x = args[0]
-                self.record_write("inplace_kw", node, x, node.args[0], method=short, stmt_level=stmt_level, op_text=f"F.{short}")
+                self.record_write("inplace_kw", node, x, node.args[0], method=short, stmt_level=stmt_level,
+                                  op_text=f"F.{short}")
                 if short in T.FUNCTIONAL_OUTPUT_SAVING_WHEN_INPLACE:
                     self.save(x, f"F.{short}", node, output=True)
                 return x.view()
@@ -465,8 +534,8 @@ class ExpressionEvaluator:
             return self._unknown_call(node, args, kwargs)
         if m in T.INPLACE_METHODS and not m.startswith("_"):
             if recv.via_data:
-                self.record_write("data", node, recv, data_owner(func.value), method=m, data_form="method", stmt_level=stmt_level,
-                                  evidence=True)
+                self.record_write("data", node, recv, data_owner(func.value), method=m, data_form="method",
+                                  stmt_level=stmt_level, evidence=True)
             else:
                 self.mark_tensor(recv)
                 self.record_write("method", node, recv, func.value, method=m, stmt_level=stmt_level, op_text=f".{m}()")
@@ -510,7 +579,8 @@ class ExpressionEvaluator:
             self.mark_tensor(recv)
             return self.new(TENSOR, recv.origin, nograd=recv.nograd or m in _INT_CASTS or (
                 m == "to" and any(isinstance(a, ast.Attribute) and a.attr in _INT_DTYPES for a in node.args)))
-        if recv.kind == TENSOR and recv.nograd and all(v.nograd or v.obj is None for v in list(args) + list(kwargs.values())):
+        if recv.kind == TENSOR and recv.nograd and all(v.nograd or v.obj is None
+                                                       for v in list(args) + list(kwargs.values())):
             # another Tensor method of tensors that cannot require grad: neither can its result
             self._unknown_call(node, args, kwargs)
             return self.new(TENSOR, recv.origin, nograd=True)

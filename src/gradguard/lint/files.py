@@ -4,9 +4,9 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import io
+import os
 import sys
 import tokenize
-import os
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 

@@ -7,7 +7,7 @@ here, so linting without ``--fix`` never pays for it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Union, cast
 
 import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
@@ -47,6 +47,11 @@ def _paren(node: cst.BaseExpression) -> cst.BaseExpression:
     return node
 
 
+def _assign_target(expr: cst.BaseExpression) -> cst.AssignTarget:
+    """``expr = ...``: the written tensor's expression (a name, attribute or subscript) as a target."""
+    return cst.AssignTarget(cast(cst.BaseAssignTargetExpression, expr))
+
+
 def _strip_inplace(call: cst.Call) -> Optional[cst.Call]:
     """``call`` without its ``inplace=True`` (keyword, or positional True); None if absent."""
     args = list(call.args)
@@ -61,14 +66,16 @@ def _strip_inplace(call: cst.Call) -> Optional[cst.Call]:
         positional = [i for i, a in enumerate(args) if a.keyword is None and a.star == ""]
         if pos is not None and len(positional) > pos:
             i = positional[pos]
-            if isinstance(args[i].value, cst.Name) and args[i].value.value == "True" and i == len(args) - 1:
+            value = args[i].value
+            if isinstance(value, cst.Name) and value.value == "True" and i == len(args) - 1:
                 drop = i
     if drop is None:
         return None
     removed = args.pop(drop)
     if args and drop == len(args):
         # keep a trailing comma only if the removed (last) argument had one
-        comma = removed.comma if isinstance(removed.comma, cst.Comma) and _has_newline(removed.comma) else cst.MaybeSentinel.DEFAULT
+        comma = (removed.comma if isinstance(removed.comma, cst.Comma) and _has_newline(removed.comma)
+                 else cst.MaybeSentinel.DEFAULT)
         args[-1] = args[-1].with_changes(comma=comma)
     return call.with_changes(args=args)
 
@@ -167,26 +174,26 @@ class _FixTransformer(cst.CSTTransformer):
             return updated
         f = self._take(original.value, ("out_of_place_method",))
         twin = twin_method(call.func.attr.value) if f is not None and isinstance(call.func, cst.Attribute) else None
-        if f is not None and twin is not None:
+        if f is not None and twin is not None and isinstance(call.func, cst.Attribute):  # twin: an attribute
             self.applied.add(f)
             func = call.func
             target = func.value.deep_clone()
             value = call.with_changes(func=func.with_changes(attr=cst.Name(twin)))
-            return cst.Assign(targets=[cst.AssignTarget(target)], value=value, semicolon=updated.semicolon)
+            return cst.Assign(targets=[_assign_target(target)], value=value, semicolon=updated.semicolon)
         f = self._take(original.value, ("out_of_place_func", "drop_inplace_assign"))
         if f is not None and call.args:
             target = call.args[0].value.deep_clone()
             if f.kind == "out_of_place_func":
-                func = call.func
-                if isinstance(func, cst.Attribute) and func.attr.value.endswith("_"):
-                    value = call.with_changes(func=func.with_changes(attr=cst.Name(func.attr.value[:-1])))
+                callee = call.func
+                if isinstance(callee, cst.Attribute) and callee.attr.value.endswith("_"):
+                    value = call.with_changes(func=callee.with_changes(attr=cst.Name(callee.attr.value[:-1])))
                 else:
                     self.failed[f] = "not an in-place function"
                     return updated
             else:
                 value = _strip_inplace(call) or call
             self.applied.add(f)
-            return cst.Assign(targets=[cst.AssignTarget(target)], value=value, semicolon=updated.semicolon)
+            return cst.Assign(targets=[_assign_target(target)], value=value, semicolon=updated.semicolon)
         return updated
 
     def leave_AugAssign(self, original: cst.AugAssign, updated: cst.AugAssign) -> cst.BaseSmallStatement:
@@ -258,7 +265,7 @@ class _FixTransformer(cst.CSTTransformer):
             return line
         base = target.value
         clone = cst.SimpleStatementLine(
-            body=[cst.Assign(targets=[cst.AssignTarget(base.deep_clone())],
+            body=[cst.Assign(targets=[_assign_target(base.deep_clone())],
                              value=cst.Call(func=cst.Attribute(value=base.deep_clone(), attr=cst.Name("clone"))))],
             leading_lines=line.leading_lines,
         )
@@ -266,7 +273,9 @@ class _FixTransformer(cst.CSTTransformer):
         return cst.FlattenSentinel([clone, line.with_changes(leading_lines=[])])
 
     def _jax_at(self, f: Fix, line: cst.SimpleStatementLine, small: cst.BaseSmallStatement):
-        if isinstance(small, cst.Assign) and len(small.targets) == 1 and isinstance(small.targets[0].target, cst.Subscript):
+        method: Optional[str]
+        if (isinstance(small, cst.Assign) and len(small.targets) == 1
+                and isinstance(small.targets[0].target, cst.Subscript)):
             sub, method, value = small.targets[0].target, "set", small.value
         elif isinstance(small, cst.AugAssign) and isinstance(small.target, cst.Subscript):
             sub, value = small.target, small.value
@@ -282,7 +291,7 @@ class _FixTransformer(cst.CSTTransformer):
             return line
         base = sub.value
         at = cst.Subscript(value=cst.Attribute(value=base.deep_clone(), attr=cst.Name("at")), slice=sub.slice)
-        new = cst.Assign(targets=[cst.AssignTarget(base.deep_clone())],
+        new = cst.Assign(targets=[_assign_target(base.deep_clone())],
                          value=cst.Call(func=cst.Attribute(value=at, attr=cst.Name(method)), args=[cst.Arg(value)]),
                          semicolon=small.semicolon)
         self.applied.add(f)
@@ -290,7 +299,8 @@ class _FixTransformer(cst.CSTTransformer):
 
     def _no_grad(self, f: Fix, line: cst.SimpleStatementLine, small: cst.BaseSmallStatement):
         new: Optional[cst.BaseSmallStatement] = None
-        if isinstance(small, cst.Expr) and isinstance(small.value, cst.Call) and isinstance(small.value.func, cst.Attribute):
+        if (isinstance(small, cst.Expr) and isinstance(small.value, cst.Call)
+                and isinstance(small.value.func, cst.Attribute)):
             func = small.value.func
             owner = _drop_data(func.value)
             if owner is not None:
@@ -325,7 +335,8 @@ class _FixTransformer(cst.CSTTransformer):
             return inner  # already under no_grad: dropping .data is enough
         self.used_torch = True
         with_node = cst.With(
-            items=[cst.WithItem(cst.Call(func=cst.Attribute(value=cst.Name(self.torch_name), attr=cst.Name("no_grad"))))],
+            items=[cst.WithItem(cst.Call(func=cst.Attribute(value=cst.Name(self.torch_name),
+                                                            attr=cst.Name("no_grad"))))],
             body=cst.IndentedBlock(body=[inner.with_changes(leading_lines=[])]),
             leading_lines=line.leading_lines,
         )
@@ -337,9 +348,11 @@ class _FixTransformer(cst.CSTTransformer):
         out: list = []
         for stmt in body:
             prev = out[-1] if out else None
-            if (prev is not None and id(stmt) in self.created_withs and id(prev) in self.created_withs
-                    and not stmt.leading_lines):
-                merged = prev.with_changes(body=prev.body.with_changes(body=list(prev.body.body) + list(stmt.body.body)))
+            # only `with` statements are in created_withs
+            if (isinstance(prev, cst.With) and isinstance(stmt, cst.With) and id(stmt) in self.created_withs
+                    and id(prev) in self.created_withs and not stmt.leading_lines):
+                merged = prev.with_changes(
+                    body=prev.body.with_changes(body=list(prev.body.body) + list(stmt.body.body)))
                 self.created_withs.add(id(merged))
                 out[-1] = merged
             else:
@@ -378,8 +391,9 @@ def _add_import_torch(module: cst.Module) -> cst.Module:
     insert_at = 0
     for i, stmt in enumerate(body):
         if isinstance(stmt, cst.SimpleStatementLine) and all(
-                isinstance(s, (cst.Import, cst.ImportFrom)) or (i == 0 and isinstance(s, cst.Expr)
-                                                                and isinstance(s.value, (cst.SimpleString, cst.ConcatenatedString)))
+                isinstance(s, (cst.Import, cst.ImportFrom))
+                or (i == 0 and isinstance(s, cst.Expr)
+                    and isinstance(s.value, (cst.SimpleString, cst.ConcatenatedString)))
                 for s in stmt.body):
             insert_at = i + 1
         else:
@@ -429,7 +443,7 @@ def fix_source(source: str, path: str, select: Sequence[str], unsafe: bool = Fal
                 and (d.code, d.fix) not in attempted]
         if not todo:
             break
-        outcome = apply_fixes(result.source, [d.fix for d in todo])
+        outcome = apply_fixes(result.source, [d.fix for d in todo if d.fix is not None])
         applied = set(outcome.applied)
         reasons = dict(outcome.failed)
         for d in todo:

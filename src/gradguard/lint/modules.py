@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import ast
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from gradguard._findings.twins import MODULE_INPLACE_ARG
 from gradguard.lint import tables as T
-from gradguard.lint.values import (ModuleInfo, SequentialHazard, InplaceFlag)
-from gradguard.lint.names import (_is_true, _walk_statements)
+from gradguard.lint.names import _is_true, _walk_statements
+from gradguard.lint.values import Facts, InplaceFlag, ModuleInfo, SequentialHazard
 
 
 class ModuleScanner:
     """Mixin of ``FileAnalyzer``: module constructors and whole-file call scans."""
+
+    # Set by ``analysis.FileAnalyzer``, which these methods are part of.
+    tree: ast.Module
+    facts: Facts
+
+    if TYPE_CHECKING:  # defined by ``analysis.FileAnalyzer``
+        def qual(self, node: ast.AST, local: Optional[set[str]] = None) -> Optional[str]: ...
 
     def module_ctor(self, call: ast.Call, local: Optional[set] = None) -> Optional[ModuleInfo]:
         q = self.qual(call.func, local)
@@ -33,7 +40,8 @@ class ModuleScanner:
             inplace, text = True, ast.unparse(kw.value)
         if cls == "Threshold" and len(call.args) >= 3 and _is_true(call.args[2]):
             inplace = True
-        elif cls in T.INPLACE_MODULES and cls != "Threshold" and call.args and _is_true(call.args[-1]) and len(call.args) >= 1:
+        elif (cls in T.INPLACE_MODULES and cls != "Threshold" and call.args and _is_true(call.args[-1])
+              and len(call.args) >= 1):
             # nn.ReLU(True), nn.Dropout(0.5, True), nn.LeakyReLU(0.2, True)
             positional_index = MODULE_INPLACE_ARG.get(cls)
             if positional_index is not None and len(call.args) == positional_index + 1:
@@ -53,10 +61,10 @@ class ModuleScanner:
                 continue
             kw = next((k for k in node.keywords if k.arg == "inplace" and _is_true(k.value)), None)
             if kw is not None:
-                q = self.qual(node.func) or ""
+                called = self.qual(node.func) or ""
                 ctor = self.module_ctor(node)
                 arg_temp = bool(node.args) and isinstance(node.args[0], ast.Call)
-                self.facts.inplace_flags.append(InplaceFlag(node, kw, q.rsplit(".", 1)[-1] or "call",
+                self.facts.inplace_flags.append(InplaceFlag(node, kw, called.rsplit(".", 1)[-1] or "call",
                                                             id(node) in stmt_calls, arg_temp, ctor is not None))
             q = self.qual(node.func)
             if q == "torch.nn.Sequential":

@@ -74,7 +74,7 @@ def _decorated_no_grad(fn: ast.AST, qual: Callable[[ast.AST], Optional[str]]) ->
     return False
 
 
-def _nested_defs(body: list) -> Iterator[ast.AST]:
+def _nested_defs(body: list[ast.stmt]) -> Iterator[ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef]:
     """Function and class definitions directly in a body, looking through blocks."""
     for stmt in body:
         if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):

@@ -67,7 +67,7 @@ def to_sarif(diags: Sequence[Diagnostic]) -> str:
     rules = all_rules()
     used = sorted({d.code for d in diags} | set(rules))
     rule_index = {code: i for i, code in enumerate(used)}
-    descriptors = []
+    descriptors: list[dict[str, object]] = []  # SARIF reportingDescriptor objects
     for code in used:
         r = rules.get(code)
         if r is None:  # E999 / E902

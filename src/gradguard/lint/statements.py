@@ -4,25 +4,42 @@ from __future__ import annotations
 
 import ast
 import re
-from typing import Any, Optional
+from typing import Any, Callable, Optional, cast
 
 from gradguard._findings.twins import dotted
-from gradguard.lint.values import (TENSOR, MAYBE, OTHER, JAX, Save, exclusive, Obj, Val, Binding, Write, CtxStore)
-from gradguard.lint.names import (data_owner, _decorated_no_grad, _is_autograd_function, _NOGRAD_NAME_RE)
-from gradguard.lint.expressions import ExpressionEvaluator
+from gradguard.lint.expressions import Analyzer, ExpressionEvaluator, TapeRecord
+from gradguard.lint.names import _NOGRAD_NAME_RE, _decorated_no_grad, _is_autograd_function, data_owner
+from gradguard.lint.values import (
+    JAX,
+    MAYBE,
+    OTHER,
+    TENSOR,
+    Binding,
+    CtxStore,
+    Facts,
+    ModuleInfo,
+    Obj,
+    Save,
+    Val,
+    Write,
+    exclusive,
+)
+
+# The scopes a walker walks: a function body, or the module body for scripts.
+Scope = ast.FunctionDef | ast.AsyncFunctionDef | ast.Module
 
 
 class ScopeWalker(ExpressionEvaluator):
     """Walks one scope in source order, tracking abstract values of names."""
 
-    def __init__(self, fa: Any, scope: ast.AST, cls: Optional[ast.ClassDef], class_modules: dict,
-                 facts: Any = None) -> None:
-        self.fa = fa  # the FileAnalyzer (not imported: analysis imports this module)
+    def __init__(self, fa: Analyzer, scope: Scope, cls: Optional[ast.ClassDef],
+                 class_modules: dict[str, ModuleInfo], facts: Optional[Facts] = None) -> None:
+        self.fa = fa  # the FileAnalyzer (see ``Analyzer``)
         self.facts = fa.facts if facts is None else facts
         self.loop_depth = 0
-        self.returns: list = []  # values of the `return` statements
-        self.nograd_params: set = set()  # parameters every call site in the file passes a no-grad value
-        self.param_objs: dict = {}  # parameter name -> its tensor object on entry (for summaries)
+        self.returns: list[Val] = []  # values of the `return` statements
+        self.nograd_params: set[str] = set()  # parameters every call site in the file passes a no-grad value
+        self.param_objs: dict[str, Obj] = {}  # parameter name -> its tensor object on entry (for summaries)
         self.is_method = False
         self.scope = scope
         self.cls = cls
@@ -30,24 +47,30 @@ class ScopeWalker(ExpressionEvaluator):
         self.env: dict[str, Binding] = {}
         self.index = 0
         self.no_grad = 0
-        self.tape: list = []  # stack of lists of (stmt_index, TapeEvent, receiver text)
-        self.steps: list = []  # (index, line, text)
+        self.tape = []  # stack of lists of (stmt_index, TapeEvent, receiver text)
+        self.steps = []  # (index, the step call, text, branch)
         self.sink = 0
         self.stmt: Optional[ast.stmt] = None
         self.locals: set[str] = set()
         self.ctx_name: Optional[str] = None
-        self.ctx_stores: list = []
+        self.ctx_stores: list[CtxStore] = []
         self.external_names: set[str] = set()
         self.has_torch = "torch" in fa.facts.frameworks
         self.index_lines: dict[int, int] = {}
-        self.branch: list = []  # (id of an If/Try statement, arm) for each enclosing arm
+        self.branch = []  # (id of an If/Try statement, arm) for each enclosing arm
         self.params: set[str] = set()
 
     # -- helpers --------------------------------------------------------
     def qual(self, node: ast.AST) -> Optional[str]:
         return self.fa.qual(node, self.locals)
 
-    def new(self, kind: str, origin: Optional[int] = None, nograd: bool = False, **kw) -> Val:
+    @property
+    def current_stmt(self) -> ast.stmt:
+        """The statement being walked (facts are only recorded while walking one)."""
+        assert self.stmt is not None
+        return self.stmt
+
+    def new(self, kind: str, origin: Optional[int] = None, nograd: bool = False, **kw: Any) -> Val:
         obj = Obj(kind) if kind != OTHER else None
         return Val(kind, obj, origin=origin, nograd=nograd, **kw)
 
@@ -56,7 +79,8 @@ class ScopeWalker(ExpressionEvaluator):
             v.obj.kind = TENSOR
             v.kind = TENSOR
 
-    def save(self, v: Val, op: str, node: ast.AST, output: bool = False, grad_from: Optional[list] = None) -> None:
+    def save(self, v: Val, op: str, node: ast.expr, output: bool = False,
+             grad_from: Optional[list[Val]] = None) -> None:
         """Record that ``op`` saved ``v`` -- autograd only saves when something it
         differentiates (``grad_from``, default ``v`` itself) may require grad."""
         if v.obj is None or v.kind not in (TENSOR, MAYBE) or self.no_grad:
@@ -90,6 +114,7 @@ class ScopeWalker(ExpressionEvaluator):
     # -- entry points ---------------------------------------------------
     def walk_function(self) -> None:
         fn = self.scope
+        assert not isinstance(fn, ast.Module), "walk_function walks a function scope"
         if _decorated_no_grad(fn, self.qual) or id(fn) in self.fa.no_grad_only:
             self.no_grad += 1
         args = fn.args
@@ -155,7 +180,7 @@ class ScopeWalker(ExpressionEvaluator):
                 self.facts.ctx_stores.append(store)
 
     # -- statements -----------------------------------------------------
-    def walk_body(self, body: list) -> None:
+    def walk_body(self, body: list[ast.stmt]) -> None:
         for stmt in body:
             self.walk_stmt(stmt)
 
@@ -196,11 +221,11 @@ class ScopeWalker(ExpressionEvaluator):
             it = self.ev(stmt.iter)
             item = Val(MAYBE, Obj(MAYBE, external=True), temp=False)
             call = stmt.iter
-            params_loop = (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
-                           and call.func.attr in ("parameters", "named_parameters"))
+            method = call.func.attr if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) else None
+            params_loop = method in ("parameters", "named_parameters")
             if params_loop:
                 item = Val(TENSOR, Obj(TENSOR, external=True), temp=False,
-                           leaf=f"a parameter from `.{call.func.attr}()` (line {stmt.lineno})")
+                           leaf=f"a parameter from `.{method}()` (line {stmt.lineno})")
             elif it.kind == OTHER and not isinstance(call, (ast.Name, ast.Attribute, ast.Call)):
                 item = Val(OTHER, temp=False)
 
@@ -219,13 +244,14 @@ class ScopeWalker(ExpressionEvaluator):
         elif isinstance(stmt, (ast.With, ast.AsyncWith)):
             self.walk_with(stmt)
         elif isinstance(stmt, ast.Try) or type(stmt).__name__ == "TryStar":
-            self.walk_body(stmt.body)
-            for h in stmt.handlers:
+            tried = cast(ast.Try, stmt)  # ast.TryStar (3.11+) has the same fields
+            self.walk_body(tried.body)
+            for h in tried.handlers:
                 if h.name:
                     self.env[h.name] = Binding(h.name, Val(OTHER, temp=False), self.index)
                 self.walk_body(h.body)
-            self.walk_body(stmt.orelse)
-            self.walk_body(stmt.finalbody)
+            self.walk_body(tried.orelse)
+            self.walk_body(tried.finalbody)
         elif isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             self.env[stmt.name] = Binding(stmt.name, Val(OTHER, temp=False), self.index)
             for dec in stmt.decorator_list:
@@ -246,12 +272,12 @@ class ScopeWalker(ExpressionEvaluator):
                 self.env[name] = Binding(name, Val(OTHER, temp=False), self.index)
         elif isinstance(stmt, (ast.Global, ast.Nonlocal)):
             self.external_names.update(stmt.names)
-        elif type(stmt).__name__ == "Match":
+        elif isinstance(stmt, ast.Match):
             self.ev(stmt.subject)
             for case in stmt.cases:
                 self.walk_body(case.body)
 
-    def walk_loop(self, stmt: ast.AST, next_iteration) -> None:
+    def walk_loop(self, stmt: ast.For | ast.AsyncFor | ast.While, next_iteration: Callable[[], object]) -> None:
         """A loop body, twice when not nested deeper than two loops: the second walk
         sees what the first iteration saved (the back edge), so a write in iteration
         k+1 into a tensor iteration k saved -- ``h += ...`` after ``o = h * w`` -- is found."""
@@ -262,7 +288,7 @@ class ScopeWalker(ExpressionEvaluator):
             self.walk_body(stmt.body)
         self.loop_depth -= 1
 
-    def walk_with(self, stmt: ast.AST) -> None:
+    def walk_with(self, stmt: ast.With | ast.AsyncWith) -> None:
         pushed_grad = 0
         tape = False
         for item in stmt.items:
@@ -286,8 +312,8 @@ class ScopeWalker(ExpressionEvaluator):
         if tape:
             self._finish_tape(self.tape.pop(), stmt, start)
 
-    def _finish_tape(self, events: list, stmt: ast.AST, start: int) -> None:
-        for ev_index, event, receiver in events:
+    def _finish_tape(self, events: list[TapeRecord], stmt: ast.With | ast.AsyncWith, start: int) -> None:
+        for _ev_index, event, receiver in events:
             if event.kind == "numpy":
                 self.facts.tape_events.append(event)
                 continue
@@ -316,15 +342,17 @@ class ScopeWalker(ExpressionEvaluator):
                 for i, t in enumerate(target.elts):  # e, s = pair  (pair = (torch.exp(x), x))
                     self.assign(t, v.items[i], None)
                 return
-            views = (isinstance(value_node, ast.Call) and isinstance(value_node.func, ast.Attribute)
-                     and value_node.func.attr in ("split", "chunk", "unbind", "tensor_split")
-                     and v.obj is not None)
+            views: Optional[str] = None  # `.split()` (line 3): the targets are views of one node
+            if (isinstance(value_node, ast.Call) and isinstance(value_node.func, ast.Attribute)
+                    and value_node.func.attr in ("split", "chunk", "unbind", "tensor_split")
+                    and v.obj is not None):
+                views = f"`.{value_node.func.attr}()` (line {value_node.lineno})"
             for t in target.elts:
                 t = t.value if isinstance(t, ast.Starred) else t
                 if v.kind == OTHER:  # h, w = x.shape
                     self.assign(t, Val(OTHER), None)
                 elif views:
-                    self.assign(t, v.view(temp=True, multi_view=f"`.{value_node.func.attr}()` (line {value_node.lineno})"), None)
+                    self.assign(t, v.view(temp=True, multi_view=views), None)
                 else:
                     kind = JAX if v.kind == JAX else MAYBE
                     self.assign(t, Val(kind, Obj(kind), origin=v.origin), None)
@@ -335,7 +363,7 @@ class ScopeWalker(ExpressionEvaluator):
                                   evidence=self._tensor_evidence(base, target.value))
                 return
             if self.ctx_name and isinstance(target.value, ast.Name) and target.value.id == self.ctx_name:
-                self.ctx_stores.append(CtxStore(self.stmt, target.attr, self.ctx_name, v))
+                self.ctx_stores.append(CtxStore(self.current_stmt, target.attr, self.ctx_name, v))
                 return
             self.ev(target.value)
             if v.obj is not None:
@@ -368,8 +396,10 @@ class ScopeWalker(ExpressionEvaluator):
         if item is not None:
             if aug is not None and item.obj is not None and not isinstance(aug.op, ast.MatMult):
                 # laterals[0] += x: `__iadd__` on the tensor stored there, in place
-                self.record_write("augassign", aug, item, target, target_name=ast.get_source_segment(self.fa.source, target) or ast.unparse(target))
+                self.record_write("augassign", aug, item, target,
+                                  target_name=ast.get_source_segment(self.fa.source, target) or ast.unparse(target))
             elif aug is None:
+                assert base.items is not None  # item_of found the item there
                 base.items[item_key(target.slice)] = v if v is not None else Val(MAYBE, Obj(MAYBE))
             return
         if base.kind == JAX:
@@ -410,7 +440,8 @@ class ScopeWalker(ExpressionEvaluator):
             return
         if cur.kind in (OTHER, JAX) or cur.obj is None:
             # numbers, lists, immutable JAX arrays: `+=` rebinds, nothing is written
-            kind = JAX if (cur.kind == JAX or v.kind == JAX) else (OTHER if v.kind == OTHER and cur.kind == OTHER else MAYBE)
+            kind = (JAX if (cur.kind == JAX or v.kind == JAX)
+                    else (OTHER if v.kind == OTHER and cur.kind == OTHER else MAYBE))
             self.bind(name, self.new(kind))
             return
         if isinstance(stmt.op, ast.MatMult):
@@ -443,8 +474,8 @@ class ScopeWalker(ExpressionEvaluator):
         last = (dotted(node) or "").rsplit(".", 1)[-1].lower()
         return bool(re.search(r"weight|bias|param|grad|emb|tensor|^w$|^b$|^p$", last))
 
-    def record_write(self, kind: str, node: ast.AST, target: Val, target_expr: Optional[ast.AST] = None,
-                     **kw) -> None:
+    def record_write(self, kind: str, node: ast.expr | ast.stmt, target: Val, target_expr: Optional[ast.AST] = None,
+                     **kw: Any) -> None:
         """Record an in-place write of ``target`` (the value of ``target_expr``)."""
         if target.obj is None:
             return
@@ -453,7 +484,7 @@ class ScopeWalker(ExpressionEvaluator):
             name = dotted(target_expr)
             kw["target_name"] = name
         if kind == "jax_setitem":
-            self.facts.writes.append(Write(kind, node, self.stmt, target, (), in_no_grad=bool(self.no_grad),
+            self.facts.writes.append(Write(kind, node, self.current_stmt, target, (), in_no_grad=bool(self.no_grad),
                                            function=getattr(self.scope, "name", ""), **kw))
             return
         if not self.has_torch:
@@ -479,7 +510,7 @@ class ScopeWalker(ExpressionEvaluator):
 
         here = tuple(self.branch)
         saves = tuple(sv for sv in obj.saves if not exclusive(sv.branch, here))
-        w = Write(kind, node, self.stmt, target, saves, safe=safe, in_no_grad=bool(self.no_grad),
+        w = Write(kind, node, self.current_stmt, target, saves, safe=safe, in_no_grad=bool(self.no_grad),
                   is_param=is_param, function=getattr(self.scope, "name", ""), **kw)
         self.facts.writes.append(w)
 
@@ -488,7 +519,8 @@ class ScopeWalker(ExpressionEvaluator):
 
 def item_key(sl: ast.AST) -> object:
     if isinstance(sl, ast.UnaryOp) and isinstance(sl.operand, ast.Constant):
-        return -sl.operand.value
+        value: Any = sl.operand.value  # an int here (see ``item_of``)
+        return -value
     return sl.value if isinstance(sl, ast.Constant) else None
 
 

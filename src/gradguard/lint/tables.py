@@ -69,7 +69,8 @@ OUTPUT_SAVING_MODULES: frozenset[str] = frozenset(
 )
 OUTPUT_SAVING_WHEN_INPLACE: frozenset[str] = frozenset({"ELU", "CELU", "SELU", "LeakyReLU", "RReLU"})
 # Without inplace=True these save their input instead.
-INPUT_SAVING_UNLESS_INPLACE: frozenset[str] = frozenset({"ELU", "CELU", "SELU", "LeakyReLU", "RReLU", "ReLU6", "Hardtanh"})
+INPUT_SAVING_UNLESS_INPLACE: frozenset[str] = frozenset({"ELU", "CELU", "SELU", "LeakyReLU", "RReLU", "ReLU6",
+                                                        "Hardtanh"})
 # Modules that return their input (or a view of it): the tensor passes through.
 PASSTHROUGH_MODULES: frozenset[str] = frozenset({"Identity", "Flatten", "Unflatten"})
 # Modules accepting inplace=True.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass, field, replace
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from gradguard.lint import tables as T
 
@@ -100,7 +100,7 @@ class Val:
     multi_view: Optional[str] = None  # an output of split/chunk/unbind (one node, several views)
     np_tensor: Optional[Obj] = None  # a NumPy array whose buffer torch.from_numpy shares with this tensor
 
-    def view(self, **changes: object) -> "Val":
+    def view(self, **changes: Any) -> "Val":  # any of the fields, each with its own type
         """A value sharing this one's tensor object (a view or alias)."""
         return replace(self, **changes)
 
@@ -121,10 +121,10 @@ class Write:
     """An in-place write to a tensor."""
 
     kind: str  # method | torch_func | augassign | setitem | inplace_kw | inplace_module | data
-    node: ast.AST  # where to report
+    node: ast.expr | ast.stmt  # where to report
     stmt: ast.stmt
     target: Val
-    saves: tuple
+    saves: tuple[Save, ...]
     method: Optional[str] = None
     data_form: Optional[str] = None  # for kind == "data": method | assign | setitem | augassign
     stmt_level: bool = False
@@ -150,7 +150,7 @@ class StepHazard:
 
 @dataclass
 class CtxStore:
-    node: ast.Assign
+    node: ast.stmt  # the statement storing it (an assignment)
     attr: str
     ctx: str
     val: Val
@@ -159,7 +159,7 @@ class CtxStore:
 @dataclass
 class TapeEvent:
     kind: str  # assign | numpy
-    node: ast.AST
+    node: ast.expr
     text: str
 
 

@@ -6,8 +6,7 @@ from typing import Optional
 
 from gradguard._findings import twins
 from gradguard.lint.base import FileContext, Fix
-from gradguard.lint.values import Write
-
+from gradguard.lint.values import Save, Write
 
 _WRITE_KINDS = ("method", "torch_func", "augassign", "inplace_kw", "inplace_module", "call", "out")
 
@@ -15,6 +14,12 @@ _WRITE_KINDS = ("method", "torch_func", "augassign", "inplace_kw", "inplace_modu
 _AUG_SYMBOL = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//", ast.Mod: "%",
                ast.Pow: "**", ast.BitAnd: "&", ast.BitOr: "|", ast.BitXor: "^", ast.LShift: "<<",
                ast.RShift: ">>", ast.MatMult: "@"}
+
+
+def _aug_symbol(node: ast.AST) -> str:
+    """``+`` for ``x += ...`` (the node of an augassign write is its AugAssign)."""
+    assert isinstance(node, ast.AugAssign)
+    return _AUG_SYMBOL.get(type(node.op), "?")
 
 
 def _name(w: Write) -> str:
@@ -34,7 +39,7 @@ def _describe(w: Write) -> str:
     """`x += ...`, `x.mul_()`, `F.relu(x, inplace=True)` ..."""
     n = _name(w)
     if w.kind == "augassign":
-        return f"`{n} {_AUG_SYMBOL.get(type(w.node.op), '?')}= ...`"
+        return f"`{n} {_aug_symbol(w.node)}= ...`"
     if w.kind == "method":
         return f"`{n}.{w.method}()`" if w.target_name else f"`.{w.method}()`"
     if w.kind == "torch_func":
@@ -53,10 +58,10 @@ def _out_of_place_fix(ctx: FileContext, w: Write) -> tuple[Optional[Fix], str]:
     n = _name(w)
     named = w.target_name is not None
     if w.kind == "augassign" and named:
-        sym = _AUG_SYMBOL.get(type(w.node.op), "?")
+        sym = _aug_symbol(w.node)
         return ctx.fix("augassign", w.node, w.safe(), f"Rewrite as `{n} = {n} {sym} ...`"), f"use `{n} = {n} {sym} ...`"
     if w.kind == "method":
-        twin = twins.twin_method(w.method)
+        twin = twins.twin_method(w.method or "")
         if twin is None:
             return _fresh_buffer_fix(ctx, w)
         if w.stmt_level and named:
@@ -66,12 +71,13 @@ def _out_of_place_fix(ctx: FileContext, w: Write) -> tuple[Optional[Fix], str]:
             return ctx.fix("drop_underscore", w.node, True, f"Use `.{twin}()`"), f"use `.{twin}()`"
         return None, f"use the out-of-place `.{twin}()`"
     if w.kind == "torch_func":
-        twin = twins.twin_function(w.method)
+        twin = twins.twin_function(w.method or "")
         if twin is None:
             return None, "write to a clone instead"
         short = twin.replace("torch.nn.functional.", "F.")
         if w.stmt_level and named:
-            return ctx.fix("out_of_place_func", w.node, w.safe(), f"Rewrite as `{n} = {short}({n})`"), f"use `{n} = {short}({n})`"
+            fix = ctx.fix("out_of_place_func", w.node, w.safe(), f"Rewrite as `{n} = {short}({n})`")
+            return fix, f"use `{n} = {short}({n})`"
         if w.target.temp:
             return ctx.fix("drop_underscore", w.node, True, f"Use `{short}`"), f"use `{short}(...)`"
         return None, f"use `{short}(...)`"
@@ -94,7 +100,7 @@ def _out_of_place_fix(ctx: FileContext, w: Write) -> tuple[Optional[Fix], str]:
     return None, "use an out-of-place operation"
 
 
-def _first(saves: tuple, output: Optional[bool]) -> Optional[object]:
+def _first(saves: tuple[Save, ...], output: Optional[bool]) -> Optional[Save]:
     for s in saves:
         if output is None or s.output == output:
             return s
@@ -109,7 +115,8 @@ def _data_fix(ctx: FileContext, w: Write, safe: bool) -> Optional[Fix]:
         return None
     if isinstance(node, ast.Assign) and len(node.targets) != 1:
         return None
-    return ctx.fix("no_grad", node, safe and w.data_form != "assign", "Write under `torch.no_grad()` instead of `.data`")
+    return ctx.fix("no_grad", node, safe and w.data_form != "assign",
+                   "Write under `torch.no_grad()` instead of `.data`")
 
 
 def torch_name(ctx: FileContext) -> str:

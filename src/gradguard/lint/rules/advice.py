@@ -5,7 +5,7 @@ import re
 from typing import Iterator
 
 from gradguard.lint.base import SOMETIMES, Diagnostic, FileContext, Rule
-from gradguard.lint.rules._common import (_name, _data_fix)
+from gradguard.lint.rules._common import _data_fix, _name
 
 
 class DataWrite(Rule):
@@ -69,4 +69,5 @@ change shape, dtype or device where `copy_` cannot.
 
 
 # Functions that initialise tensors: no autograd graph can hold them yet.
-_INIT_FUNCTION = re.compile(r"^(?:__init__|__post_init__|reset_parameters|_?reset_parameters|.*init(?:iali[sz]e)?_?(?:weights?|params|parameters)?)$")
+_INIT_FUNCTION = re.compile(r"^(?:__init__|__post_init__|reset_parameters|_?reset_parameters"
+                            r"|.*init(?:iali[sz]e)?_?(?:weights?|params|parameters)?)$")

@@ -5,7 +5,7 @@ import ast
 from typing import Iterator
 
 from gradguard.lint.base import SAFE, SOMETIMES, UNSAFE, Diagnostic, FileContext, Rule
-from gradguard.lint.rules._common import (_WRITE_KINDS, _name, _describe, _out_of_place_fix, _first, _data_fix)
+from gradguard.lint.rules._common import _WRITE_KINDS, _data_fix, _describe, _first, _name, _out_of_place_fix
 
 
 class InplaceOnSavedOutput(Rule):
@@ -301,7 +301,8 @@ No automatic fix: reordering training steps changes what is computed.
     def check(self, ctx: FileContext) -> Iterator[Diagnostic]:
         for h in ctx.facts.step_hazards:
             # Reported at the step -- the in-place write, as the runtime report does.
-            yield self.diagnostic(ctx, h.step or h.backward, f"`{h.step_text}` updates parameters in place that the graph "
+            yield self.diagnostic(ctx, h.step or h.backward,
+                                  f"`{h.step_text}` updates parameters in place that the graph "
                                   f"of `{h.loss}` (built line {h.loss_line}) saved; its backward at line "
                                   f"{h.backward.lineno} then fails: call `backward()` before the step or recompute "
                                   f"`{h.loss}` after it")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from gradguard.lint.base import SOMETIMES, UNSAFE, Diagnostic, FileContext, Fix, Rule
-from gradguard.lint.rules._common import (_name, _describe, _out_of_place_fix)
+from gradguard.lint.rules._common import _describe, _name, _out_of_place_fix
 
 
 class InplaceOnArgument(Rule):
