@@ -14,10 +14,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-from gradguard.integrations.children import ENV_VAR
 from childenv import environ
 from helpers import line_of
+
+from gradguard.integrations.children import ENV_VAR
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

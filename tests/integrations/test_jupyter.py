@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from childenv import environ
 
 nbformat = pytest.importorskip("nbformat")

@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 import torch.nn as nn
+from helpers import line_of
 
 import gradguard
-from helpers import line_of
 
 L = pytest.importorskip("lightning.pytorch")
 

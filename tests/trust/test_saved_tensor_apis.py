@@ -4,9 +4,9 @@ import inspect
 
 import pytest
 import torch
+from helpers import line_of
 
 import gradguard
-from helpers import line_of
 
 
 def _here() -> str:

@@ -335,6 +335,7 @@ class XraySession(Session):
     def before_watched_write(self, op: str, target: Any, whole: bool, payloads: Any) -> None:
         if not self.recording or self._ended or not self._started:
             return
+        key: Optional[int]
         if isinstance(target, torch.UntypedStorage):
             key, start, end = int(target._cdata), 0, int(target.nbytes())
         else:
@@ -459,7 +460,7 @@ class _Candidates:
 
 
 def _op_name(func: Any) -> str:
-    qual = getattr(func, "__qualname__", None) or getattr(func, "__name__", "?")
+    qual = str(getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or "?")
     owner, _, name = qual.rpartition(".")
     if owner in ("TensorBase", "Tensor"):
         return f"Tensor.{name}"
