@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
 import sys
 from pathlib import Path
 from typing import Optional
 
 from gradguard._findings import twins
+from gradguard._findings.schema import read_report
 from gradguard._findings.twins import dotted
 from gradguard.errors import UsageError
 from gradguard.lint import tables as T
@@ -33,30 +33,16 @@ _NO_GRAD_TITLE = "Write under torch.no_grad() (unsafe: backward then raises; mov
 
 
 def load_report(path: str) -> list[tuple[str, int, str]]:
-    """(file, line, op) for each conflict, in report order, without duplicates.
-
-    The one place this command reads the report: when ``gradguard._findings.schema``
-    (the single reader of the runtime schema) lands, this body becomes a call to its
-    ``read_report(path)``."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except OSError as exc:
-        raise UsageError(f"cannot read report {path}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"report {path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("conflicts"), list):
-        raise UsageError(f"report {path} has no \"conflicts\" list (is it a `gradguard run` JSON report?)")
-    if data.get("version") != 1:
-        raise UsageError(f"report {path} has version {data.get('version')!r}; this gradguard reads version 1")
+    """(file, line, op) for each conflict, in report order, without duplicates. The report
+    is read by the schema's one reader (`gradguard._findings.schema.read_report`)."""
+    report = read_report(path)
     sites: list[tuple[str, int, str]] = []  # (file, line, op)
-    for i, c in enumerate(data["conflicts"]):
-        m = c.get("mutation") if isinstance(c, dict) else None
-        if not isinstance(m, dict) or not isinstance(m.get("file"), str) or not isinstance(m.get("line"), int):
+    for i, conflict in enumerate(report.conflicts):
+        site = conflict.write.site if conflict.write else None
+        if site is None or not site.file or not site.line:
             raise UsageError(f"report {path}: conflict #{i} has no mutation.file/mutation.line")
-        site = (m["file"], m["line"], str(m.get("op") or ""))
-        if site[:2] not in [s[:2] for s in sites]:
-            sites.append(site)
+        if (site.file, site.line) not in [s[:2] for s in sites]:
+            sites.append((site.file, site.line, conflict.write.op if conflict.write else ""))
     return sites
 
 

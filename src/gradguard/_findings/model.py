@@ -105,11 +105,13 @@ class Conflict:
 
     @property
     def code(self) -> str:
-        return CATALOGUE[self.kind].code
+        kind = CATALOGUE.get(self.kind)
+        return kind.code if kind else "GGR???"
 
     @property
     def title(self) -> str:
-        return CATALOGUE[self.kind].title
+        kind = CATALOGUE.get(self.kind)
+        return kind.title if kind else self.kind
 
     def dedup_key(self) -> tuple[Any, ...]:
         w = self.write.site if self.write else None
@@ -155,11 +157,11 @@ class Conflict:
         """The inverse of `to_dict` (the picture, not part of the JSON, is left out)."""
         m, s, t = d.get("mutation"), d.get("saved"), d.get("tensor")
         return cls(
-            kind=d["kind"],
+            kind=str(d.get("kind") or ""),
             write=(Mutation(op=m.get("op") or "?", stack=_stack(m), via=m.get("via"),
                             alias=m.get("alias")) if m else None),
             saved=(SavedBy(op=s.get("op"), node=s.get("node"), stack=_stack(s)) if s else None),
-            tensor=(TensorInfo(**{**t, "shape": tuple(t.get("shape") or ())}) if t else None),
+            tensor=(_tensor_info(t) if t else None),
             overlap=d.get("overlap"),
             aliasing=dict(d.get("aliasing") or {}),
             fix=d.get("fix") or "",
@@ -178,6 +180,14 @@ def _site(stack: list[Frame]) -> dict[str, Any]:
         "function": top.function if top else None,
         "stack": [asdict(f) for f in stack],
     }
+
+
+def _tensor_info(t: dict[str, Any]) -> TensorInfo:
+    """A report's tensor block; a hand-written or older one may leave fields out."""
+    known = {k: t[k] for k in ("version_saved", "version_now", "name", "produced_by") if k in t}
+    return TensorInfo(dtype=str(t.get("dtype") or ""), shape=tuple(t.get("shape") or ()),
+                      device=str(t.get("device") or ""),
+                      is_parameter=bool(t.get("is_parameter")), **known)
 
 
 def _frames(items: Any) -> list[Frame]:
