@@ -58,6 +58,7 @@ def test_the_start_hook_costs_nothing_when_not_asked_for():
     assert out == "[]\n"
 
 
+@pytest.mark.slow
 def test_children_are_checked_and_the_ones_that_cannot_be_are_named(tmp_path):
     (tmp_path / "child.py").write_text(CHILD)
     parent = tmp_path / "parent.py"
