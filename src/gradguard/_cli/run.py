@@ -104,6 +104,12 @@ OPTIONS: tuple[Option, ...] = (
            "(default): collect and report at exit. A write that moved a saved tensor's "
            "version ends the script in every mode, as stock PyTorch would",
            "{raise,warn,record}"),
+    Option("when", _choice("backward", "write"), "backward",
+           "backward (default): report a conflict when backward needs the damaged tensor; "
+           "write: report it at the write itself, before the saved bytes are lost (with "
+           "--on-conflict raise, the traceback ends at the writing line; also catches "
+           "writes into graphs never backwarded); not with --mode protect",
+           "{backward,write}"),
     Option("json", str, None, "also write the report as JSON to PATH (under torchrun: "
            "PATH with .rankN before the suffix, one file per rank)", "PATH"),
     Option("graph", _picture_path, None, "also draw the autograd graph around each conflict "
@@ -208,6 +214,7 @@ def options_help() -> str:
 class RunOptions:
     mode: str = "detect"
     on_conflict: str = "record"
+    when: str = "backward"
     json: Optional[str] = None
     graph: Optional[str] = None
     html: Optional[str] = None
@@ -280,6 +287,7 @@ def start_session(options: RunOptions) -> "DetectSession":
     from gradguard._detect.session import DetectSession
 
     return DetectSession(on_conflict=options.on_conflict,  # type: ignore[arg-type]
+                         when=options.when,  # type: ignore[arg-type]
                          checksum=options.checksum, max_stack=options.max_stack)
 
 
@@ -479,5 +487,8 @@ def run(args: argparse.Namespace) -> int:
     if target is None:
         raise UsageError("nothing to run: give a script or -m module (see `gradguard run --help`)")
     options = _options_from(args, env)
+    if options.mode == "protect" and options.when == "write":
+        raise UsageError("--when write does not go with --mode protect: protect repairs the "
+                         "write instead of stopping at it")
     target.resolve()
     return execute(options, target).exit_code
