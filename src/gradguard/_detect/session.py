@@ -488,7 +488,7 @@ class DetectSession(Session):
             if stock_line:
                 message = f"{stock_line}\n\n{message}"
             raise InplaceConflictError(message, [conflict])
-        if self.on_conflict == "warn":
+        if self.on_conflict == "warn" and self in new_to:  # once per conflict, not per step
             message = f"gradguard: {conflict.summary()}: {conflict.detail}. Fix: {conflict.fix}"
             site = (conflict.write.site if conflict.write else None) or (
                 conflict.saved.site if conflict.saved else None)
