@@ -10,9 +10,10 @@ from __future__ import annotations
 import linecache
 import os
 import sys
+import sysconfig
 import threading
 from types import CodeType, FrameType
-from typing import Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 
@@ -47,6 +48,41 @@ def is_internal_file(filename: str) -> bool:
     return os.path.abspath(filename).startswith(_INTERNAL_DIRS)
 
 
+def _library_dirs() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    dirs = {os.path.abspath(paths[k]) for k in ("stdlib", "purelib", "platlib") if paths.get(k)}
+    return tuple(sorted(d.rstrip(os.sep) + os.sep for d in dirs))
+
+
+_LIBRARY_DIRS = _library_dirs()
+_PACKAGE_DIRS = (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}")
+
+
+def is_library_file(filename: str) -> bool:
+    """Library code: a file under a ``site-packages``/``dist-packages`` directory or the
+    stdlib (sysconfig's ``stdlib``, ``purelib``, ``platlib``) that is outside the current
+    working directory; everything else (outside torch and gradguard) is the user's. A
+    virtual environment inside the project is still library code (its own
+    ``site-packages``)."""
+    if filename.startswith("<"):  # <stdin>, <string>, a notebook cell: the user's
+        return False
+    path = os.path.abspath(filename)
+    cwd = os.getcwd().rstrip(os.sep) + os.sep
+    in_package_dir = any(part in path for part in _PACKAGE_DIRS)
+    if cwd != os.sep and path.startswith(cwd):
+        return in_package_dir and any(part in path[len(cwd) - 1:] for part in _PACKAGE_DIRS)
+    return in_package_dir or path.startswith(_LIBRARY_DIRS)
+
+
+# id(code object) -> is it library code (see `is_library_file`)? Asked once per code
+# object outside torch and gradguard, cached like `_internal_code` (and pinned with it).
+_library_code: dict = {}
+
+
+def is_library_code(code: CodeType) -> bool:
+    return _classify(_library_code, code, is_library_file)
+
+
 # Marks a launcher frame (`gradguard run`'s frame that executes the target): stack walks
 # end there, since everything above it (runpy, the console script, a test runner) is the
 # launcher, not the user's program.
@@ -59,12 +95,17 @@ def mark_internal(code: CodeType, stop: bool = False) -> None:
     _internal_code[id(code)] = STOP if stop else True
 
 
-def _is_internal(code: CodeType) -> bool:
-    hit = _internal_code.get(id(code))
+def _classify(cache: dict, code: CodeType, test: Callable[[str], bool]) -> Any:
+    """``cache[id(code)]``, computed once from the code's file (the code is pinned)."""
+    hit = cache.get(id(code))
     if hit is None:
         _pinned.append(code)
-        hit = _internal_code[id(code)] = is_internal_file(code.co_filename)
+        hit = cache[id(code)] = test(code.co_filename)
     return hit
+
+
+def _is_internal(code: CodeType) -> bool:
+    return _classify(_internal_code, code, is_internal_file)
 
 
 def capture(skip: int = 1, limit: int = MAX_STACK) -> Tuple[RawStack, Tuple[CodeType, ...]]:
@@ -78,6 +119,8 @@ def capture(skip: int = 1, limit: int = MAX_STACK) -> Tuple[RawStack, Tuple[Code
     frames: list[tuple[CodeType, int]] = []
     inner: list[CodeType] = []
     internal = _internal_code
+    library = _library_code
+    mine = False  # a frame of the user's own code kept yet?
     budget = MAX_WALK
     while frame is not None and budget:
         budget -= 1
@@ -91,10 +134,18 @@ def capture(skip: int = 1, limit: int = MAX_STACK) -> Tuple[RawStack, Tuple[Code
             elif hit is STOP:
                 break
         else:
+            lib = library.get(id(code))
+            if lib is None:
+                lib = is_library_code(code)
             # f_lasti, not f_lineno: the line number costs a walk of the line table, and
-            # is only needed if this stack ends up in a report.
-            frames.append((code, frame.f_lasti))
-            if len(frames) >= limit:
+            # is only needed if this stack ends up in a report. Past the limit, library
+            # frames are walked over (not kept) until the user's own line is found.
+            if not lib:
+                frames.append((code, frame.f_lasti))
+                mine = True
+            elif len(frames) < limit:
+                frames.append((code, frame.f_lasti))
+            if mine and len(frames) >= limit:
                 break
         frame = frame.f_back
     return tuple(frames), tuple(inner)
@@ -122,7 +173,8 @@ def resolve(stack: RawStack) -> list[Frame]:
             line = line_of(code, lasti)
             filename = os.path.abspath(code.co_filename)
             source = linecache.getline(code.co_filename, line).strip()
-            frame = Frame(filename, line, getattr(code, "co_qualname", code.co_name), source)
+            frame = Frame(filename, line, getattr(code, "co_qualname", code.co_name), source,
+                          library=is_library_code(code))
             if len(_resolved) < 100_000:
                 _pinned.append(code)
                 _resolved[key] = frame
@@ -145,9 +197,22 @@ def innermost_user_frame(skip: int = 1):
 
 
 def _first_user(frame):
-    while frame is not None and _is_internal(frame.f_code):
+    """The innermost frame of the user's own code (neither torch, gradguard nor library
+    code); else the innermost outside torch and gradguard; else None."""
+    first = None
+    walked = 0
+    while frame is not None and walked < MAX_WALK:
+        walked += 1
+        code = frame.f_code
+        if not _is_internal(code):
+            if not is_library_code(code):
+                return frame
+            if first is None:
+                first = frame
+        elif _internal_code.get(id(code)) is STOP:
+            break
         frame = frame.f_back
-    return frame
+    return first
 
 
 def user_frames_of_other_threads() -> list:

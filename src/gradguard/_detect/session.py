@@ -380,11 +380,14 @@ class DetectSession(Session):
             frame = sites.innermost_user_frame(2)
             if frame is not None:
                 backward_src = sites.resolve(((frame.f_code, frame.f_lasti),))[0].source
+        user = mutation.user_site if mutation else None
         facts = Facts(
             kind=kind, what=f"`{name}`" if name else tensor.short(), node=node_name,
             saver_op=saver_op, label=rec.label, version_saved=rec.version,
             version_now=t._version, write_op=mutation.op if mutation else None,
-            write_source=(mutation.site.source if mutation and mutation.site else None),
+            write_source=user.source if user else None,
+            library_source=(mutation.site.source if mutation and mutation.site is not None
+                            and user is not mutation.site else None),
             alias=mutation.alias if mutation else None,
             via_optimizer=bool(mutation and mutation.via == "torch.optim"),
             backward_source=backward_src, repaired=repaired, pending=pending is not None,
@@ -490,8 +493,8 @@ class DetectSession(Session):
             raise InplaceConflictError(message, [conflict])
         if self.on_conflict == "warn" and self in new_to:  # once per conflict, not per step
             message = f"gradguard: {conflict.summary()}: {conflict.detail}. Fix: {conflict.fix}"
-            site = (conflict.write.site if conflict.write else None) or (
-                conflict.saved.site if conflict.saved else None)
+            site = (conflict.write.user_site if conflict.write else None) or (
+                conflict.saved.user_site if conflict.saved else None)
             if site is None:
                 warnings.warn(message, InplaceConflictWarning, stacklevel=2)
             else:  # attribute the warning to the user's line, not to gradguard's
@@ -512,7 +515,7 @@ class DetectSession(Session):
                                 name=name, is_parameter=is_param)
         facts = Facts(kind=kind, what=f"`{name}`" if name else (tensor.short() if tensor else ""),
                       write_op=op,
-                      write_source=mutation.site.source if mutation.site else None,
+                      write_source=mutation.user_site.source if mutation.user_site else None,
                       pytorch_error=str(exc).splitlines()[0])
         entry = catalogue_kind(kind)
         conflict = Conflict(kind=kind, write=mutation, tensor=tensor, fix=entry.fix(facts),

@@ -20,7 +20,8 @@ def _frames(stack: Sequence[Frame]) -> list[str]:
     """Every captured user frame (capture already bounds them: ``max_stack``)."""
     lines = []
     for i, f in enumerate(stack):
-        lines.append(f"    #{i} {f.file}:{f.line} in {f.function}")
+        lines.append(f"    #{i} {f.file}:{f.line} in {f.function}"
+                     + ("  (library)" if f.library else ""))
         if f.source:
             lines.append(f"         {f.source}")
     if not stack:

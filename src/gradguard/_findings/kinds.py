@@ -33,6 +33,7 @@ class Facts:
     alias: Optional[str] = None  # ".data" when the write went through a .data alias
     via_optimizer: bool = False
     backward_source: Optional[str] = None  # the line that called backward, if known
+    library_source: Optional[str] = None  # the library line that wrote, below write_source
     repaired: bool = False  # protect() handed backward the bytes it kept
     pending: bool = False  # found at the write (when="write"), before any damage
     pytorch_error: Optional[str] = None  # first line of PyTorch's own error, if any
@@ -119,7 +120,7 @@ def _write_fix(f: Facts) -> str:
         return _NOT_INTERCEPTED
     return fixes.for_write(f.write_op, f.write_source, via_optimizer=f.via_optimizer,
                            alias=f.alias, backward_source=f.backward_source,
-                           saver_op=f.saver_op)
+                           saver_op=f.saver_op, library_source=f.library_source)
 
 
 def _ctx_fix(f: Facts) -> str:

@@ -19,9 +19,19 @@ class Frame:
     line: int
     function: str
     source: str = ""
+    library: bool = False  # library code (site-packages, the stdlib), not the user's own
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line} in {self.function}"
+
+
+def _user_site(stack: list[Frame]) -> Optional[Frame]:
+    """The innermost frame of the user's own code; the innermost frame if all are
+    library code."""
+    for f in stack:
+        if not f.library:
+            return f
+    return stack[0] if stack else None
 
 
 @dataclass
@@ -38,6 +48,12 @@ class Mutation:
     def site(self) -> Optional[Frame]:
         return self.stack[0] if self.stack else None
 
+    @property
+    def user_site(self) -> Optional[Frame]:
+        """The user's own line: the innermost frame outside library code (the line that
+        called into the library which made the write or the save)."""
+        return _user_site(self.stack)
+
 
 @dataclass
 class SavedBy:
@@ -50,6 +66,12 @@ class SavedBy:
     @property
     def site(self) -> Optional[Frame]:
         return self.stack[0] if self.stack else None
+
+    @property
+    def user_site(self) -> Optional[Frame]:
+        """The user's own line: the innermost frame outside library code (the line that
+        called into the library which made the write or the save)."""
+        return _user_site(self.stack)
 
 
 @dataclass
@@ -112,8 +134,8 @@ class Conflict:
         return CATALOGUE[self.kind].title
 
     def dedup_key(self) -> tuple[Any, ...]:
-        w = self.write.site if self.write else None
-        s = self.saved.site if self.saved else None
+        w = self.write.user_site if self.write else None
+        s = self.saved.user_site if self.saved else None
         return (
             self.kind,
             (w.file, w.line) if w else None,
@@ -122,10 +144,11 @@ class Conflict:
         )
 
     def summary(self) -> str:
-        """The greppable one-line summary: ``<kind> <file>:<line> in <func> (<op>)``."""
-        site = self.write.site if self.write else None
+        """The greppable one-line summary: ``<kind> <file>:<line> in <func> (<op>)``, at
+        the user's own line (the call into library code that made the write)."""
+        site = self.write.user_site if self.write else None
         if site is None and self.saved is not None:
-            site = self.saved.site
+            site = self.saved.user_site
         where = f"{site.file}:{site.line} in {site.function}" if site else "<unknown>"
         op = self.write.op if self.write else (self.saved.op if self.saved else "?")
         return f"{self.kind} {where} ({op})"
@@ -176,15 +199,23 @@ def _site(stack: list[Frame]) -> dict[str, Any]:
         "file": top.file if top else None,
         "line": top.line if top else None,
         "function": top.function if top else None,
-        "stack": [asdict(f) for f in stack],
+        "stack": [_frame_dict(f) for f in stack],
     }
+
+
+def _frame_dict(f: Frame) -> dict[str, Any]:
+    out = asdict(f)
+    if not f.library:  # only library frames say so
+        del out["library"]
+    return out
 
 
 def _frames(items: Any) -> list[Frame]:
     out = []
     for f in items or ():
         out.append(Frame(str(f.get("file") or ""), int(f.get("line") or 0),
-                         str(f.get("function") or ""), str(f.get("source") or "")))
+                         str(f.get("function") or ""), str(f.get("source") or ""),
+                         library=bool(f.get("library"))))
     return out
 
 
