@@ -7,10 +7,14 @@ into readable `Frame`s only when a report is written.
 """
 from __future__ import annotations
 
+import ast
+import functools
+import inspect
 import linecache
 import os
 import sys
 import sysconfig
+import textwrap
 import threading
 from types import CodeType, FrameType
 from typing import Any, Callable, Optional, Tuple
@@ -239,3 +243,43 @@ def source_of(stack: RawStack) -> str:
         return ""
     code, lasti = stack[0]
     return linecache.getline(code.co_filename, line_of(code, lasti))
+
+
+def ctx_assignment(function: Any, attr: str) -> Optional[Frame]:
+    """The line of ``function`` (an autograd.Function's ``forward``, or its code) that assigns
+    ``ctx.<attr>`` (``ctx.scale = scale``), found in its source; None when its source
+    cannot be read or no such assignment is there. Asked when a conflict is reported,
+    never on the hot path."""
+    code = function if isinstance(function, CodeType) else getattr(
+        inspect.unwrap(function), "__code__", None)
+    return _ctx_assignment(code, attr) if isinstance(code, CodeType) else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _ctx_assignment(code: CodeType, attr: str) -> Optional[Frame]:
+    # Cached by code object, which (unlike the function) holds no globals alive.
+    try:
+        lines, first = inspect.getsourcelines(code)
+        filename = code.co_filename
+        tree = ast.parse(textwrap.dedent("".join(lines)))
+    except (OSError, TypeError, SyntaxError, IndentationError):
+        return None
+    head = tree.body[0] if tree.body else None
+    params = head.args.args if isinstance(head, (ast.FunctionDef, ast.AsyncFunctionDef)) else []
+    ctx_name = params[0].arg if params else "ctx"
+    for node in ast.walk(tree):
+        targets: list = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
+            targets = [node.target]
+        for target in targets:
+            for item in ast.walk(target):
+                if (isinstance(item, ast.Attribute) and item.attr == attr
+                        and isinstance(item.value, ast.Name) and item.value.id == ctx_name):
+                    line = first + getattr(node, "lineno", 1) - 1
+                    path = os.path.abspath(filename)
+                    return Frame(path, line, getattr(code, "co_qualname", code.co_name),
+                                 linecache.getline(filename, line).strip(),
+                                 library=is_library_file(path))
+    return None

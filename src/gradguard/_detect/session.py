@@ -15,6 +15,7 @@ PyTorch rejects is still rejected, with a better message.
 from __future__ import annotations
 
 import ctypes
+import inspect
 import os
 import re
 import threading
@@ -143,6 +144,10 @@ class DetectSession(Session):
         self._watcher: Optional[Session] = None
         self._repairs_seen: set = set()
         self._built: dict[tuple, Conflict] = {}  # raw sites and storage -> its conflict
+        # ctx records -> (the code of the Function's forward, the attribute): to name the assignment
+        # line when a conflict on one is reported.
+        self._ctx_of: "weakref.WeakKeyDictionary[SavedRecord, tuple[Any, str]]" = (
+            weakref.WeakKeyDictionary())
         # Called with each conflict newly recorded here (after deduplication) that does not
         # stop the program (`gradguard run` streams its SUMMARY line).
         self.listeners: list[Callable[[Conflict], Any]] = []
@@ -346,6 +351,11 @@ class DetectSession(Session):
 
         saver_op = rec.label or forward_op(node_name)
         saved = SavedBy(op=saver_op, node=node_name, stack=sites.resolve(rec.stack))
+        ctx_line = None
+        if rec.kind == "ctx":
+            forward, attr = self._ctx_of.get(rec, (None, ""))
+            ctx_line = sites.ctx_assignment(forward, attr) if forward is not None else None
+            saved.assigned = ctx_line  # the line to change, inside the Function's forward
         name, is_param = (None, False) if rec.fresh else module_path(t)
         tensor = TensorInfo(
             dtype=str(t.dtype), shape=tuple(t.shape), device=str(t.device),
@@ -391,6 +401,7 @@ class DetectSession(Session):
             alias=mutation.alias if mutation else None,
             via_optimizer=bool(mutation and mutation.via == "torch.optim"),
             backward_source=backward_src, repaired=repaired, pending=pending is not None,
+            ctx_source=ctx_line.source if ctx_line is not None else None,
         )
         entry = catalogue_kind(kind)
         conflict = Conflict(kind=kind, write=mutation, saved=saved, tensor=tensor,
@@ -551,6 +562,12 @@ class DetectSession(Session):
                                f"{cls.__name__}.forward (ctx.{attr})", skip=4), attr, i)
                    for attr, i, v in found if not v.is_inference()]
         node.__dict__["_gradguard_ctx_records"] = [rec for rec, _, _ in tracked]
+        # The code object, not the function: a value must not hold the record alive
+        # (through the function's globals), or the weak key never dies.
+        forward = getattr(cls, "forward", None)
+        forward = getattr(inspect.unwrap(forward), "__code__", None) if forward else None
+        for rec, attr, _ in tracked:
+            self._ctx_of[rec] = (forward, attr)
         node_name = type(node).__name__
         node_ref = weakref.ref(node)  # the hook lives on the node: no cycle through C++
 

@@ -59,6 +59,12 @@ def render_conflict(c: Conflict, color: bool = False) -> str:
         by = c.saved.op or "?"
         node = f" for backward node {c.saved.node}" if c.saved.node else ""
         out.append(f"{bold}SAVED{reset} by {by}{node}")
+        a = c.saved.assigned
+        if a is not None:
+            out.append(f"    kept on ctx at {a.file}:{a.line} in {a.function}"
+                       + ("  (library)" if a.library else ""))
+            if a.source:
+                out.append(f"         {a.source}")
         out.extend(_frames(c.saved.stack))
     if c.tensor is not None:
         t = c.tensor

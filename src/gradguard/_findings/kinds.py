@@ -11,6 +11,7 @@ generator read this without importing torch.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -34,6 +35,7 @@ class Facts:
     via_optimizer: bool = False
     backward_source: Optional[str] = None  # the line that called backward, if known
     library_source: Optional[str] = None  # the library line that wrote, below write_source
+    ctx_source: Optional[str] = None  # the Function's `ctx.<attr> = ...` line, if found
     repaired: bool = False  # protect() handed backward the bytes it kept
     pending: bool = False  # found at the write (when="write"), before any damage
     pytorch_error: Optional[str] = None  # first line of PyTorch's own error, if any
@@ -127,6 +129,13 @@ def _ctx_fix(f: Facts) -> str:
     fix = _write_fix(f)
     if f.write_op is None:
         return fix
+    m = re.match(r"^\s*(\w+)\.(\w+)\s*=\s*([A-Za-z_]\w*)\s*(?:#.*)?$", f.ctx_source or "")
+    if m:
+        where = (f"in `{f.label.split(' ', 1)[0]}`" if f.label else "in the Function")
+        ctx, _attr, value = m.groups()
+        return (fix + f"; and {where}, replace `{(f.ctx_source or '').split('#', 1)[0].strip()}` "
+                f"with `{ctx}.save_for_backward({value})` (read it back from "
+                f"`{ctx}.saved_tensors` in backward) so PyTorch checks it")
     return (fix + "; and in the Function, keep tensors with `ctx.save_for_backward(...)` so "
             "PyTorch checks them")
 

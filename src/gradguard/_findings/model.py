@@ -62,6 +62,9 @@ class SavedBy:
     op: Optional[str]
     node: Optional[str]
     stack: list[Frame] = field(default_factory=list)
+    # A ctx attribute: the `ctx.<attr> = ...` line in the Function's forward (the line to
+    # change); `stack` is the `.apply(...)` call's.
+    assigned: Optional[Frame] = None
 
     @property
     def site(self) -> Optional[Frame]:
@@ -161,7 +164,9 @@ class Conflict:
             "title": self.title,
             "mutation": ({"op": self.write.op, "via": self.write.via, "alias": self.write.alias,
                           **_site(self.write.stack)} if self.write else None),
-            "saved": ({"op": self.saved.op, "node": self.saved.node, **_site(self.saved.stack)}
+            "saved": ({"op": self.saved.op, "node": self.saved.node, **_site(self.saved.stack),
+                       **({"assigned": _frame_dict(self.saved.assigned)}
+                          if self.saved.assigned else {})}
                       if self.saved else None),
             "tensor": ({**asdict(self.tensor), "shape": list(self.tensor.shape)}
                        if self.tensor else None),
@@ -181,7 +186,9 @@ class Conflict:
             kind=d["kind"],
             write=(Mutation(op=m.get("op") or "?", stack=_stack(m), via=m.get("via"),
                             alias=m.get("alias")) if m else None),
-            saved=(SavedBy(op=s.get("op"), node=s.get("node"), stack=_stack(s)) if s else None),
+            saved=(SavedBy(op=s.get("op"), node=s.get("node"), stack=_stack(s),
+                           assigned=(_frames([s["assigned"]])[0] if s.get("assigned")
+                                     else None)) if s else None),
             tensor=(TensorInfo(**{**t, "shape": tuple(t.get("shape") or ())}) if t else None),
             overlap=d.get("overlap"),
             aliasing=dict(d.get("aliasing") or {}),
