@@ -312,16 +312,20 @@ def unrepaired(session: Any) -> list:
 
 def _compiled_graphs() -> int:
     """Graphs torch.compile has compiled in this process so far (0 if dynamo never ran)."""
-    utils = sys.modules.get("torch._dynamo.utils")
-    counters = getattr(utils, "counters", None)
-    return int(counters["stats"]["unique_graphs"]) if counters is not None else 0
+    if "torch._dynamo.utils" not in sys.modules:
+        return 0
+    from gradguard._detect.session import compiled_graphs
+
+    return compiled_graphs()
 
 
 COMPILE_GAP = (
     "torch.compile ran ({n} graph{s}): writes inside compiled regions were not "
-    "intercepted. Compiled graphs are functionalized, so those writes cannot clobber "
-    "the tensors the graphs save; the tensors they save are still checked against eager "
-    "writes at backward")
+    "intercepted. A compiled graph's own saved tensors are safe from its own writes (it is "
+    "functionalized) and are still checked against eager writes at backward; but a compiled "
+    "in-place update (a compiled `opt.step()`) into a tensor an eager graph saved is caught "
+    "only at backward, by its version, without the writing line: to stop at such a write, "
+    "rerun with compilation off (TORCHDYNAMO_DISABLE=1) and --when write")
 
 
 def _note_compiled_regions(session: Any, before: int) -> None:

@@ -65,6 +65,15 @@ _DETACHED_IN_PLACE = (
     "This is not supported, please use out-of-place `.detach()` instead")
 
 
+def compiled_graphs() -> int:
+    """Graphs torch.compile has compiled in this process so far (0 if dynamo never ran)."""
+    import sys
+
+    utils = sys.modules.get("torch._dynamo.utils")
+    counters = getattr(utils, "counters", None)
+    return int(counters["stats"]["unique_graphs"]) if counters is not None else 0
+
+
 def _short_node(name: str) -> str:
     """How PyTorch names a node in its version message: ``AddBackward0`` -> ``Add``."""
     return re.sub(r"Backward\d*$", "", name) or name
@@ -402,6 +411,7 @@ class DetectSession(Session):
             via_optimizer=bool(mutation and mutation.via == "torch.optim"),
             backward_source=backward_src, repaired=repaired, pending=pending is not None,
             ctx_source=ctx_line.source if ctx_line is not None else None,
+            compiled=write is None and moved and compiled_graphs() > 0,
         )
         entry = catalogue_kind(kind)
         conflict = Conflict(kind=kind, write=mutation, saved=saved, tensor=tensor,
