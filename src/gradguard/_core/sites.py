@@ -267,19 +267,78 @@ def _ctx_assignment(code: CodeType, attr: str) -> Optional[Frame]:
     head = tree.body[0] if tree.body else None
     params = head.args.args if isinstance(head, (ast.FunctionDef, ast.AsyncFunctionDef)) else []
     ctx_name = params[0].arg if params else "ctx"
+    for node, item in _assigned(tree, (ast.AnnAssign, ast.AugAssign)):
+        if (isinstance(item, ast.Attribute) and item.attr == attr
+                and isinstance(item.value, ast.Name) and item.value.id == ctx_name):
+            line = first + getattr(node, "lineno", 1) - 1
+            path = os.path.abspath(filename)
+            return Frame(path, line, getattr(code, "co_qualname", code.co_name),
+                         linecache.getline(filename, line).strip(),
+                         library=is_library_file(path))
+    return None
+
+
+def live_user_frames(skip: int = 1) -> list[FrameType]:
+    """The live frames of the user's own code (neither torch, gradguard nor library code),
+    innermost first, within `MAX_WALK` frames. For reports only (it holds frames)."""
+    out = []
+    frame: Optional[FrameType] = sys._getframe(skip)
+    walked = 0
+    while frame is not None and walked < MAX_WALK:
+        walked += 1
+        code = frame.f_code
+        hit = _is_internal(code)
+        if hit is STOP:
+            break
+        if not hit and not is_library_code(code):
+            out.append(frame)
+        frame = frame.f_back
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _assignments(code: CodeType) -> tuple[tuple[str, int], ...]:
+    """(name, line) of every plain assignment to a name in ``code``'s source (the whole
+    file for module-level code), in source order."""
+    try:
+        if code.co_name == "<module>":
+            text, first = "".join(linecache.getlines(code.co_filename)), 1
+        else:
+            lines, first = inspect.getsourcelines(code)
+            text = textwrap.dedent("".join(lines))
+        tree = ast.parse(text)
+    except (OSError, TypeError, SyntaxError, IndentationError):
+        return ()
+    found = [(item.id, first + getattr(node, "lineno", 1) - 1)
+             for node, item in _assigned(tree, (ast.AnnAssign, ast.NamedExpr))
+             if isinstance(item, ast.Name)]
+    return tuple(sorted(found, key=lambda pair: pair[1]))
+
+
+def _assigned(tree: ast.AST, single: tuple) -> list[tuple[ast.AST, ast.AST]]:
+    """(statement, node inside one of its targets) for every assignment in ``tree``:
+    ``x = ...`` and the single-target kinds in ``single``."""
+    out: list[tuple[ast.AST, ast.AST]] = []
     for node in ast.walk(tree):
         targets: list = []
         if isinstance(node, ast.Assign):
             targets = node.targets
-        elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
+        elif isinstance(node, single):
             targets = [node.target]
         for target in targets:
-            for item in ast.walk(target):
-                if (isinstance(item, ast.Attribute) and item.attr == attr
-                        and isinstance(item.value, ast.Name) and item.value.id == ctx_name):
-                    line = first + getattr(node, "lineno", 1) - 1
-                    path = os.path.abspath(filename)
-                    return Frame(path, line, getattr(code, "co_qualname", code.co_name),
-                                 linecache.getline(filename, line).strip(),
-                                 library=is_library_file(path))
-    return None
+            out.extend((node, item) for item in ast.walk(target))
+    return out
+
+
+def assignment_of(frame: FrameType, name: str) -> Optional[Frame]:
+    """The last assignment to ``name`` in ``frame``'s function at or before the line it
+    is running (its ``name = ...`` line), or None."""
+    now = frame.f_lineno
+    lines = [line for var, line in _assignments(frame.f_code) if var == name and line <= now]
+    if not lines:
+        return None
+    code = frame.f_code
+    path = os.path.abspath(code.co_filename)
+    return Frame(path, lines[-1], getattr(code, "co_qualname", code.co_name),
+                 linecache.getline(code.co_filename, lines[-1]).strip(),
+                 library=is_library_file(path))

@@ -78,6 +78,13 @@ def render_conflict(c: Conflict, color: bool = False) -> str:
             desc += f", produced by {describe_node(t.produced_by)}"
         out.append("")
         out.append(f"{bold}TENSOR{reset} {desc}")
+    for i, o in enumerate(c.origin):
+        head = f"{bold}ORIGIN{reset} " if i == 0 else "       "
+        where = (f", {'made' if o.what.startswith('view') else 'created'} at "
+                 f"{o.site.file}:{o.site.line} in {o.site.function}" if o.site else "")
+        out.append(f"{head}{o.what}{where}")
+        if o.site is not None and o.site.source:
+            out.append(f"         {o.site.source}")
     if c.aliasing.get("written_bytes") is not None:
         w, s = c.aliasing["written_bytes"], c.aliasing["saved_bytes"]
         how = "overlaps" if c.overlap else "does not overlap"

@@ -114,6 +114,22 @@ def for_write(op: str, source: Optional[str], *, via_optimizer: bool, alias: Opt
     return "clone the tensor before writing into it (`x = x.clone()`), or write out of place"
 
 
+def for_leaf_view_write(op: str, source: Optional[str], what: str) -> Optional[str]:
+    """The FIX for an augmented assignment into an indexed view of a leaf (``b[:, 4] += v``
+    with ``b`` a view of a parameter), where ``b[:, 4] = b[:, 4] + v`` would be the same
+    in-place write; None for other lines."""
+    src = _strip_comment(source) if source else ""
+    m = re.match(rf"({_NAME})\s*{re.escape(op)}\s*(.+)$", src) if op in _AUG_SYMBOLS else None
+    if m is None or "[" not in m.group(1):
+        return None
+    x, rhs = m.group(1), m.group(2)
+    return (f"`{x} {op} {rhs}` writes into {what} in place (and so would "
+            f"`{x} = {x} {op[:-1]} {rhs}`): for a deliberate change of its values, do it under "
+            f"`with torch.no_grad():` (`with torch.no_grad(): {x} {op} {rhs}`); otherwise build "
+            "the new tensor out of place (`torch.where`, `torch.cat`, `.index_put(...)` without "
+            "the underscore) and use it instead of writing into the view")
+
+
 _AUG_SYMBOLS = {"+=", "-=", "*=", "/=", "//=", "%=", "**=", "&=", "|=", "^=", "<<=", ">>="}
 _ACTIVATIONS = {
     "relu_", "relu6_", "leaky_relu_", "elu_", "selu_", "celu_", "gelu_", "silu_", "mish_",

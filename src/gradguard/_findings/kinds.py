@@ -153,6 +153,9 @@ def _ctx_fix(f: Facts) -> str:
 
 
 def _leaf_fix(f: Facts) -> str:
+    view = fixes.for_leaf_view_write(f.write_op or "", f.write_source, f.what)
+    if f.kind == "leaf-view-inplace" and view is not None:
+        return view
     specific = fixes.for_write(f.write_op or "", f.write_source, via_optimizer=False,
                                alias=None, backward_source=None, saver_op=None)
     return f"{specific}; {fixes.LEAF_FIX}"

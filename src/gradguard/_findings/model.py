@@ -78,6 +78,15 @@ class SavedBy:
 
 
 @dataclass
+class Origin:
+    """One step of where a tensor came from: ``what`` it is ("view `b` of parameter
+    `model.conv.bias`", "leaf `s` (requires grad)") and the line that made it."""
+
+    what: str
+    site: Optional[Frame] = None
+
+
+@dataclass
 class TensorInfo:
     """The tensor that was damaged, described, never its values."""
 
@@ -124,6 +133,9 @@ class Conflict:
     repaired: bool = False
     # Every write that overlapped the saved bytes, in order, when there was more than one.
     writes: list[Mutation] = field(default_factory=list)
+    # Where the tensor came from (leaf kinds): the view it was written through, back to the
+    # parameter or the leaf's creation line.
+    origin: list[Origin] = field(default_factory=list)
     # The autograd graph around the conflict, as plain strings (see gradguard._explain.picture);
     # captured when backward confirms it, None otherwise. Not part of to_dict().
     graph: Optional[dict[str, Any]] = field(default=None, repr=False, compare=False)
@@ -176,6 +188,9 @@ class Conflict:
             "detail": self.detail,
             "repaired": self.repaired,
             "writes": [{"op": w.op, "note": w.note, **_site(w.stack)} for w in self.writes],
+            **({"origin": [{"what": o.what,
+                            "site": _frame_dict(o.site) if o.site else None}
+                           for o in self.origin]} if self.origin else {}),
         }
 
     @classmethod
@@ -197,6 +212,9 @@ class Conflict:
             repaired=bool(d.get("repaired")),
             writes=[Mutation(op=w.get("op") or "?", stack=_stack(w), note=w.get("note"))
                     for w in d.get("writes") or ()],
+            origin=[Origin(what=str(o.get("what") or ""),
+                           site=_frames([o["site"]])[0] if o.get("site") else None)
+                    for o in d.get("origin") or ()],
         )
 
 
@@ -234,5 +252,5 @@ def _stack(block: dict[str, Any]) -> list[Frame]:
     return stack
 
 
-for _public in (Frame, Mutation, SavedBy, TensorInfo, Conflict):
+for _public in (Frame, Mutation, SavedBy, Origin, TensorInfo, Conflict):
     _public.__module__ = "gradguard"

@@ -12,7 +12,8 @@ Schema version 1::
                     "tensor": {"dtype", "shape", "device", "version_saved", "version_now",
                                "name", "produced_by", "is_parameter"} | null,
                     "overlap", "aliasing", "fix", "detail", "repaired",
-                    "writes": [{"op", "note", "file", "line", "function", "stack"}]}],
+                    "writes": [{"op", "note", "file", "line", "function", "stack"}],
+                    "origin": [{"what", "site": frame | null}] (leaf kinds, when found)}],
      "coverage_gaps": [str],
      "summary": {"conflicts": int, "by_kind": {kind: int}},
      "protect": {"copied_bytes", "copies", "copy_sites": [...]},   (gradguard.protect only)
