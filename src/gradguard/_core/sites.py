@@ -27,7 +27,8 @@ _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 _GRADGUARD_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _INTERNAL_DIRS = (_TORCH_DIR, _GRADGUARD_DIR)
 
-# id(code object) -> is it torch's or gradguard's own code? Keyed by id because hashing a
+# id(code object) -> is it torch's or gradguard's own code (True; `STOP`), library code
+# (`LIBRARY`) or the user's (False)? Keyed by id because hashing a
 # code object hashes its contents (constants included) every time, which made the walk
 # cost ~0.7 us a frame. The cache never drops entries, so an id can never be reused by
 # another code object while cached: `_pinned` keeps every cached code object alive.
@@ -78,13 +79,30 @@ def is_library_file(filename: str) -> bool:
     return in_package_dir or path.startswith(_LIBRARY_DIRS)
 
 
-# id(code object) -> is it library code (see `is_library_file`)? Asked once per code
-# object outside torch and gradguard, cached like `_internal_code` (and pinned with it).
-_library_code: dict = {}
+# `_internal_code`'s value for library code: falsy (not internal) and told apart by
+# identity, so that one dict lookup a frame classifies it three ways on the hot path.
+class _Library:
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "LIBRARY"
+
+
+LIBRARY: Any = _Library()
+
+
+def _code_class(filename: str) -> Any:
+    """True for torch's and gradguard's own code, `LIBRARY`, or False (the user's)."""
+    if is_internal_file(filename):
+        return True
+    return LIBRARY if is_library_file(filename) else False
 
 
 def is_library_code(code: CodeType) -> bool:
-    return _classify(_library_code, code, is_library_file)
+    return _classify(_internal_code, code, _code_class) is LIBRARY
 
 
 # Marks a launcher frame (`gradguard run`'s frame that executes the target): stack walks
@@ -108,8 +126,9 @@ def _classify(cache: dict, code: CodeType, test: Callable[[str], bool]) -> Any:
     return hit
 
 
-def _is_internal(code: CodeType) -> bool:
-    return _classify(_internal_code, code, is_internal_file)
+def _is_internal(code: CodeType) -> Any:
+    """Truthy for torch's and gradguard's own code (`STOP` for a launcher frame)."""
+    return _classify(_internal_code, code, _code_class)
 
 
 def capture(skip: int = 1, limit: int = MAX_STACK) -> Tuple[RawStack, Tuple[CodeType, ...]]:
@@ -123,7 +142,6 @@ def capture(skip: int = 1, limit: int = MAX_STACK) -> Tuple[RawStack, Tuple[Code
     frames: list[tuple[CodeType, int]] = []
     inner: list[CodeType] = []
     internal = _internal_code
-    library = _library_code
     mine = False  # a frame of the user's own code kept yet?
     budget = MAX_WALK
     while frame is not None and budget:
@@ -138,13 +156,10 @@ def capture(skip: int = 1, limit: int = MAX_STACK) -> Tuple[RawStack, Tuple[Code
             elif hit is STOP:
                 break
         else:
-            lib = library.get(id(code))
-            if lib is None:
-                lib = is_library_code(code)
             # f_lasti, not f_lineno: the line number costs a walk of the line table, and
             # is only needed if this stack ends up in a report. Past the limit, library
             # frames are walked over (not kept) until the user's own line is found.
-            if not lib:
+            if hit is not LIBRARY:
                 frames.append((code, frame.f_lasti))
                 mine = True
             elif len(frames) < limit:
