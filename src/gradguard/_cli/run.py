@@ -104,6 +104,12 @@ OPTIONS: tuple[Option, ...] = (
            "(default): collect and report at exit. A write that moved a saved tensor's "
            "version ends the script in every mode, as stock PyTorch would",
            "{raise,warn,record}"),
+    Option("when", _choice("backward", "write"), "backward",
+           "backward (default): report a conflict when backward needs the damaged tensor; "
+           "write: report it at the write itself, before the saved bytes are lost (with "
+           "--on-conflict raise, the traceback ends at the writing line; also catches "
+           "writes into graphs never backwarded); not with --mode protect",
+           "{backward,write}"),
     Option("json", str, None, "also write the report as JSON to PATH (under torchrun: "
            "PATH with .rankN before the suffix, one file per rank)", "PATH"),
     Option("graph", _picture_path, None, "also draw the autograd graph around each conflict "
@@ -208,6 +214,7 @@ def options_help() -> str:
 class RunOptions:
     mode: str = "detect"
     on_conflict: str = "record"
+    when: str = "backward"
     json: Optional[str] = None
     graph: Optional[str] = None
     html: Optional[str] = None
@@ -280,6 +287,7 @@ def start_session(options: RunOptions) -> "DetectSession":
     from gradguard._detect.session import DetectSession
 
     return DetectSession(on_conflict=options.on_conflict,  # type: ignore[arg-type]
+                         when=options.when,  # type: ignore[arg-type]
                          checksum=options.checksum, max_stack=options.max_stack)
 
 
@@ -304,16 +312,20 @@ def unrepaired(session: Any) -> list:
 
 def _compiled_graphs() -> int:
     """Graphs torch.compile has compiled in this process so far (0 if dynamo never ran)."""
-    utils = sys.modules.get("torch._dynamo.utils")
-    counters = getattr(utils, "counters", None)
-    return int(counters["stats"]["unique_graphs"]) if counters is not None else 0
+    if "torch._dynamo.utils" not in sys.modules:
+        return 0
+    from gradguard._detect.session import compiled_graphs
+
+    return compiled_graphs()
 
 
 COMPILE_GAP = (
     "torch.compile ran ({n} graph{s}): writes inside compiled regions were not "
-    "intercepted. Compiled graphs are functionalized, so those writes cannot clobber "
-    "the tensors the graphs save; the tensors they save are still checked against eager "
-    "writes at backward")
+    "intercepted. A compiled graph's own saved tensors are safe from its own writes (it is "
+    "functionalized) and are still checked against eager writes at backward; but a compiled "
+    "in-place update (a compiled `opt.step()`) into a tensor an eager graph saved is caught "
+    "only at backward, by its version, without the writing line: to stop at such a write, "
+    "rerun with compilation off (TORCHDYNAMO_DISABLE=1) and --when write")
 
 
 def _note_compiled_regions(session: Any, before: int) -> None:
@@ -479,5 +491,8 @@ def run(args: argparse.Namespace) -> int:
     if target is None:
         raise UsageError("nothing to run: give a script or -m module (see `gradguard run --help`)")
     options = _options_from(args, env)
+    if options.mode == "protect" and options.when == "write":
+        raise UsageError("--when write does not go with --mode protect: protect repairs the "
+                         "write instead of stopping at it")
     target.resolve()
     return execute(options, target).exit_code

@@ -7,12 +7,17 @@ into readable `Frame`s only when a report is written.
 """
 from __future__ import annotations
 
+import ast
+import functools
+import inspect
 import linecache
 import os
 import sys
+import sysconfig
+import textwrap
 import threading
 from types import CodeType, FrameType
-from typing import Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 
@@ -22,7 +27,8 @@ _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 _GRADGUARD_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _INTERNAL_DIRS = (_TORCH_DIR, _GRADGUARD_DIR)
 
-# id(code object) -> is it torch's or gradguard's own code? Keyed by id because hashing a
+# id(code object) -> is it torch's or gradguard's own code (True; `STOP`), library code
+# (`LIBRARY`) or the user's (False)? Keyed by id because hashing a
 # code object hashes its contents (constants included) every time, which made the walk
 # cost ~0.7 us a frame. The cache never drops entries, so an id can never be reused by
 # another code object while cached: `_pinned` keeps every cached code object alive.
@@ -47,6 +53,58 @@ def is_internal_file(filename: str) -> bool:
     return os.path.abspath(filename).startswith(_INTERNAL_DIRS)
 
 
+def _library_dirs() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    dirs = {os.path.abspath(paths[k]) for k in ("stdlib", "purelib", "platlib") if paths.get(k)}
+    return tuple(sorted(d.rstrip(os.sep) + os.sep for d in dirs))
+
+
+_LIBRARY_DIRS = _library_dirs()
+_PACKAGE_DIRS = (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}")
+
+
+def is_library_file(filename: str) -> bool:
+    """Library code: a file under a ``site-packages``/``dist-packages`` directory or the
+    stdlib (sysconfig's ``stdlib``, ``purelib``, ``platlib``) that is outside the current
+    working directory; everything else (outside torch and gradguard) is the user's. A
+    virtual environment inside the project is still library code (its own
+    ``site-packages``)."""
+    if filename.startswith("<"):  # <stdin>, <string>, a notebook cell: the user's
+        return False
+    path = os.path.abspath(filename)
+    cwd = os.getcwd().rstrip(os.sep) + os.sep
+    in_package_dir = any(part in path for part in _PACKAGE_DIRS)
+    if cwd != os.sep and path.startswith(cwd):
+        return in_package_dir and any(part in path[len(cwd) - 1:] for part in _PACKAGE_DIRS)
+    return in_package_dir or path.startswith(_LIBRARY_DIRS)
+
+
+# `_internal_code`'s value for library code: falsy (not internal) and told apart by
+# identity, so that one dict lookup a frame classifies it three ways on the hot path.
+class _Library:
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "LIBRARY"
+
+
+LIBRARY: Any = _Library()
+
+
+def _code_class(filename: str) -> Any:
+    """True for torch's and gradguard's own code, `LIBRARY`, or False (the user's)."""
+    if is_internal_file(filename):
+        return True
+    return LIBRARY if is_library_file(filename) else False
+
+
+def is_library_code(code: CodeType) -> bool:
+    return _classify(_internal_code, code, _code_class) is LIBRARY
+
+
 # Marks a launcher frame (`gradguard run`'s frame that executes the target): stack walks
 # end there, since everything above it (runpy, the console script, a test runner) is the
 # launcher, not the user's program.
@@ -59,12 +117,18 @@ def mark_internal(code: CodeType, stop: bool = False) -> None:
     _internal_code[id(code)] = STOP if stop else True
 
 
-def _is_internal(code: CodeType) -> bool:
-    hit = _internal_code.get(id(code))
+def _classify(cache: dict, code: CodeType, test: Callable[[str], bool]) -> Any:
+    """``cache[id(code)]``, computed once from the code's file (the code is pinned)."""
+    hit = cache.get(id(code))
     if hit is None:
         _pinned.append(code)
-        hit = _internal_code[id(code)] = is_internal_file(code.co_filename)
+        hit = cache[id(code)] = test(code.co_filename)
     return hit
+
+
+def _is_internal(code: CodeType) -> Any:
+    """Truthy for torch's and gradguard's own code (`STOP` for a launcher frame)."""
+    return _classify(_internal_code, code, _code_class)
 
 
 def capture(skip: int = 1, limit: int = MAX_STACK) -> Tuple[RawStack, Tuple[CodeType, ...]]:
@@ -78,6 +142,7 @@ def capture(skip: int = 1, limit: int = MAX_STACK) -> Tuple[RawStack, Tuple[Code
     frames: list[tuple[CodeType, int]] = []
     inner: list[CodeType] = []
     internal = _internal_code
+    mine = False  # a frame of the user's own code kept yet?
     budget = MAX_WALK
     while frame is not None and budget:
         budget -= 1
@@ -92,9 +157,14 @@ def capture(skip: int = 1, limit: int = MAX_STACK) -> Tuple[RawStack, Tuple[Code
                 break
         else:
             # f_lasti, not f_lineno: the line number costs a walk of the line table, and
-            # is only needed if this stack ends up in a report.
-            frames.append((code, frame.f_lasti))
-            if len(frames) >= limit:
+            # is only needed if this stack ends up in a report. Past the limit, library
+            # frames are walked over (not kept) until the user's own line is found.
+            if hit is not LIBRARY:
+                frames.append((code, frame.f_lasti))
+                mine = True
+            elif len(frames) < limit:
+                frames.append((code, frame.f_lasti))
+            if mine and len(frames) >= limit:
                 break
         frame = frame.f_back
     return tuple(frames), tuple(inner)
@@ -122,7 +192,8 @@ def resolve(stack: RawStack) -> list[Frame]:
             line = line_of(code, lasti)
             filename = os.path.abspath(code.co_filename)
             source = linecache.getline(code.co_filename, line).strip()
-            frame = Frame(filename, line, getattr(code, "co_qualname", code.co_name), source)
+            frame = Frame(filename, line, getattr(code, "co_qualname", code.co_name), source,
+                          library=is_library_code(code))
             if len(_resolved) < 100_000:
                 _pinned.append(code)
                 _resolved[key] = frame
@@ -145,9 +216,22 @@ def innermost_user_frame(skip: int = 1):
 
 
 def _first_user(frame):
-    while frame is not None and _is_internal(frame.f_code):
+    """The innermost frame of the user's own code (neither torch, gradguard nor library
+    code); else the innermost outside torch and gradguard; else None."""
+    first = None
+    walked = 0
+    while frame is not None and walked < MAX_WALK:
+        walked += 1
+        code = frame.f_code
+        if not _is_internal(code):
+            if not is_library_code(code):
+                return frame
+            if first is None:
+                first = frame
+        elif _internal_code.get(id(code)) is STOP:
+            break
         frame = frame.f_back
-    return frame
+    return first
 
 
 def user_frames_of_other_threads() -> list:
@@ -174,3 +258,102 @@ def source_of(stack: RawStack) -> str:
         return ""
     code, lasti = stack[0]
     return linecache.getline(code.co_filename, line_of(code, lasti))
+
+
+def ctx_assignment(function: Any, attr: str) -> Optional[Frame]:
+    """The line of ``function`` (an autograd.Function's ``forward``, or its code) that assigns
+    ``ctx.<attr>`` (``ctx.scale = scale``), found in its source; None when its source
+    cannot be read or no such assignment is there. Asked when a conflict is reported,
+    never on the hot path."""
+    code = function if isinstance(function, CodeType) else getattr(
+        inspect.unwrap(function), "__code__", None)
+    return _ctx_assignment(code, attr) if isinstance(code, CodeType) else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _ctx_assignment(code: CodeType, attr: str) -> Optional[Frame]:
+    # Cached by code object, which (unlike the function) holds no globals alive.
+    try:
+        lines, first = inspect.getsourcelines(code)
+        filename = code.co_filename
+        tree = ast.parse(textwrap.dedent("".join(lines)))
+    except (OSError, TypeError, SyntaxError, IndentationError):
+        return None
+    head = tree.body[0] if tree.body else None
+    params = head.args.args if isinstance(head, (ast.FunctionDef, ast.AsyncFunctionDef)) else []
+    ctx_name = params[0].arg if params else "ctx"
+    for node, item in _assigned(tree, (ast.AnnAssign, ast.AugAssign)):
+        if (isinstance(item, ast.Attribute) and item.attr == attr
+                and isinstance(item.value, ast.Name) and item.value.id == ctx_name):
+            line = first + getattr(node, "lineno", 1) - 1
+            path = os.path.abspath(filename)
+            return Frame(path, line, getattr(code, "co_qualname", code.co_name),
+                         linecache.getline(filename, line).strip(),
+                         library=is_library_file(path))
+    return None
+
+
+def live_user_frames(skip: int = 1) -> list[FrameType]:
+    """The live frames of the user's own code (neither torch, gradguard nor library code),
+    innermost first, within `MAX_WALK` frames. For reports only (it holds frames)."""
+    out = []
+    frame: Optional[FrameType] = sys._getframe(skip)
+    walked = 0
+    while frame is not None and walked < MAX_WALK:
+        walked += 1
+        code = frame.f_code
+        hit = _is_internal(code)
+        if hit is STOP:
+            break
+        if not hit and not is_library_code(code):
+            out.append(frame)
+        frame = frame.f_back
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _assignments(code: CodeType) -> tuple[tuple[str, int], ...]:
+    """(name, line) of every plain assignment to a name in ``code``'s source (the whole
+    file for module-level code), in source order."""
+    try:
+        if code.co_name == "<module>":
+            text, first = "".join(linecache.getlines(code.co_filename)), 1
+        else:
+            lines, first = inspect.getsourcelines(code)
+            text = textwrap.dedent("".join(lines))
+        tree = ast.parse(text)
+    except (OSError, TypeError, SyntaxError, IndentationError):
+        return ()
+    found = [(item.id, first + getattr(node, "lineno", 1) - 1)
+             for node, item in _assigned(tree, (ast.AnnAssign, ast.NamedExpr))
+             if isinstance(item, ast.Name)]
+    return tuple(sorted(found, key=lambda pair: pair[1]))
+
+
+def _assigned(tree: ast.AST, single: tuple) -> list[tuple[ast.AST, ast.AST]]:
+    """(statement, node inside one of its targets) for every assignment in ``tree``:
+    ``x = ...`` and the single-target kinds in ``single``."""
+    out: list[tuple[ast.AST, ast.AST]] = []
+    for node in ast.walk(tree):
+        targets: list = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, single):
+            targets = [node.target]
+        for target in targets:
+            out.extend((node, item) for item in ast.walk(target))
+    return out
+
+
+def assignment_of(frame: FrameType, name: str) -> Optional[Frame]:
+    """The last assignment to ``name`` in ``frame``'s function at or before the line it
+    is running (its ``name = ...`` line), or None."""
+    now = frame.f_lineno
+    lines = [line for var, line in _assignments(frame.f_code) if var == name and line <= now]
+    if not lines:
+        return None
+    code = frame.f_code
+    path = os.path.abspath(code.co_filename)
+    return Frame(path, lines[-1], getattr(code, "co_qualname", code.co_name),
+                 linecache.getline(code.co_filename, lines[-1]).strip(),
+                 library=is_library_file(path))

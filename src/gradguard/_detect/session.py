@@ -15,6 +15,7 @@ PyTorch rejects is still rejected, with a better message.
 from __future__ import annotations
 
 import ctypes
+import inspect
 import os
 import re
 import threading
@@ -41,7 +42,7 @@ from gradguard._core.session import Session
 from gradguard._detect.graph import capture as capture_graph
 from gradguard._findings.kinds import Facts
 from gradguard._findings.kinds import kind as catalogue_kind
-from gradguard._findings.model import Conflict, Mutation, SavedBy, TensorInfo
+from gradguard._findings.model import Conflict, Mutation, Origin, SavedBy, TensorInfo
 from gradguard._findings.nodes import forward_op
 from gradguard.errors import GradguardError, InplaceConflictError, InplaceConflictWarning
 
@@ -62,6 +63,15 @@ _KIND_OF_RECORD = {
 _DETACHED_IN_PLACE = (
     "Trying to use a saved tensor that has been detached in-place, i.e. with .detach_()."
     "This is not supported, please use out-of-place `.detach()` instead")
+
+
+def compiled_graphs() -> int:
+    """Graphs torch.compile has compiled in this process so far (0 if dynamo never ran)."""
+    import sys
+
+    utils = sys.modules.get("torch._dynamo.utils")
+    counters = getattr(utils, "counters", None)
+    return int(counters["stats"]["unique_graphs"]) if counters is not None else 0
 
 
 def _short_node(name: str) -> str:
@@ -151,6 +161,10 @@ class DetectSession(Session):
         self._watcher: Optional[Session] = None
         self._repairs_seen: set = set()
         self._built: dict[tuple, Conflict] = {}  # raw sites and storage -> its conflict
+        # ctx records -> (the code of the Function's forward, the attribute): to name the assignment
+        # line when a conflict on one is reported.
+        self._ctx_of: "weakref.WeakKeyDictionary[SavedRecord, tuple[Any, str]]" = (
+            weakref.WeakKeyDictionary())
         # Called with each conflict newly recorded here (after deduplication) that does not
         # stop the program (`gradguard run` streams its SUMMARY line).
         self.listeners: list[Callable[[Conflict], Any]] = []
@@ -358,6 +372,11 @@ class DetectSession(Session):
 
         saver_op = rec.label or forward_op(node_name)
         saved = SavedBy(op=saver_op, node=node_name, stack=sites.resolve(rec.stack))
+        ctx_line = None
+        if rec.kind == "ctx":
+            forward, attr = self._ctx_of.get(rec, (None, ""))
+            ctx_line = sites.ctx_assignment(forward, attr) if forward is not None else None
+            saved.assigned = ctx_line  # the line to change, inside the Function's forward
         name, is_param = (None, False) if rec.fresh else module_path(t)
         tensor = TensorInfo(
             dtype=str(t.dtype), shape=_shape(t), device=str(t.device),
@@ -392,14 +411,19 @@ class DetectSession(Session):
             frame = sites.innermost_user_frame(2)
             if frame is not None:
                 backward_src = sites.resolve(((frame.f_code, frame.f_lasti),))[0].source
+        user = mutation.user_site if mutation else None
         facts = Facts(
             kind=kind, what=f"`{name}`" if name else tensor.short(), node=node_name,
             saver_op=saver_op, label=rec.label, version_saved=rec.version,
             version_now=t._version, write_op=mutation.op if mutation else None,
-            write_source=(mutation.site.source if mutation and mutation.site else None),
+            write_source=user.source if user else None,
+            library_source=(mutation.site.source if mutation and mutation.site is not None
+                            and user is not mutation.site else None),
             alias=mutation.alias if mutation else None,
             via_optimizer=bool(mutation and mutation.via == "torch.optim"),
             backward_source=backward_src, repaired=repaired, pending=pending is not None,
+            ctx_source=ctx_line.source if ctx_line is not None else None,
+            compiled=write is None and moved and compiled_graphs() > 0,
         )
         entry = catalogue_kind(kind)
         conflict = Conflict(kind=kind, write=mutation, saved=saved, tensor=tensor,
@@ -500,10 +524,10 @@ class DetectSession(Session):
             if stock_line:
                 message = f"{stock_line}\n\n{message}"
             raise InplaceConflictError(message, [conflict])
-        if self.on_conflict == "warn":
+        if self.on_conflict == "warn" and self in new_to:  # once per conflict, not per step
             message = f"gradguard: {conflict.summary()}: {conflict.detail}. Fix: {conflict.fix}"
-            site = (conflict.write.site if conflict.write else None) or (
-                conflict.saved.site if conflict.saved else None)
+            site = (conflict.write.user_site if conflict.write else None) or (
+                conflict.saved.user_site if conflict.saved else None)
             if site is None:
                 warnings.warn(message, InplaceConflictWarning, stacklevel=2)
             else:  # attribute the warning to the user's line, not to gradguard's
@@ -524,11 +548,18 @@ class DetectSession(Session):
                                 name=name, is_parameter=is_param)
         facts = Facts(kind=kind, what=f"`{name}`" if name else (tensor.short() if tensor else ""),
                       write_op=op,
-                      write_source=mutation.site.source if mutation.site else None,
+                      write_source=mutation.user_site.source if mutation.user_site else None,
                       pytorch_error=str(exc).splitlines()[0])
         entry = catalogue_kind(kind)
         conflict = Conflict(kind=kind, write=mutation, tensor=tensor, fix=entry.fix(facts),
                             detail=entry.detail(facts))
+        if t is not None and kind in ("leaf-inplace", "leaf-view-inplace"):
+            try:
+                conflict.origin = _origin(t, name, sites.live_user_frames(2),
+                                          mutation.user_site.source if mutation.user_site
+                                          else "")
+            except Exception as err:  # noqa: BLE001 - the report goes out without it
+                runtime.internal_error("where a written leaf came from", err)
         self._record(conflict)
         from gradguard._explain.text import render_text
 
@@ -560,6 +591,12 @@ class DetectSession(Session):
                                f"{cls.__name__}.forward (ctx.{attr})", skip=4), attr, i)
                    for attr, i, v in found if not v.is_inference()]
         node.__dict__["_gradguard_ctx_records"] = [rec for rec, _, _ in tracked]
+        # The code object, not the function: a value must not hold the record alive
+        # (through the function's globals), or the weak key never dies.
+        forward = getattr(cls, "forward", None)
+        forward = getattr(inspect.unwrap(forward), "__code__", None) if forward else None
+        for rec, attr, _ in tracked:
+            self._ctx_of[rec] = (forward, attr)
         node_name = type(node).__name__
         node_ref = weakref.ref(node)  # the hook lives on the node: no cycle through C++
 
@@ -612,6 +649,50 @@ class DetectSession(Session):
         with self._lock:
             if text not in self.coverage_gaps:
                 self.coverage_gaps.append(text)
+
+
+def _origin(t: torch.Tensor, name: Optional[str], frames: list,
+            source: str) -> list[Origin]:
+    """Where the written leaf (or view of a leaf) came from: the view it was written
+    through and the line that made it, back to the parameter, or the leaf's creation
+    line; found in the live user frames' locals and their source, at the error only."""
+    base = t._base if t._is_view() else None
+    root_name = name if base is None else module_path(base)[0]
+    if root_name is None and base is not None:
+        root_name = name
+
+    def find(match: Callable[[torch.Tensor], bool]) -> tuple[Optional[str], Any]:
+        """(variable, frame) of the innermost frame holding a tensor that matches
+        (preferring a name the writing line spells)."""
+        for frame in frames:
+            names = [var for var, value in frame.f_locals.items()
+                     if isinstance(value, torch.Tensor) and match(value)]
+            if names:
+                spelled = [var for var in names if re.search(rf"\b{re.escape(var)}\b", source)]
+                return (spelled or names)[0], frame
+        return None, None
+
+    root_what = (f"parameter `{root_name}`" if root_name else None)
+    out: list[Origin] = []
+    if base is not None:
+        var, frame = find(lambda v: v is t or (v._is_view() and v._base is base))
+        made = sites.assignment_of(frame, var) if var is not None else None
+        leaf_var = None
+        if root_what is None:
+            leaf_var, leaf_frame = find(lambda v: v is base)
+            root_what = f"leaf `{leaf_var}`" if leaf_var else "a leaf that requires grad"
+        out.append(Origin(f"view `{var}` of {root_what}" if var else f"view of {root_what}",
+                          made))
+        if leaf_var is not None:
+            out.append(Origin(f"leaf `{leaf_var}` (requires grad)",
+                              sites.assignment_of(leaf_frame, leaf_var)))
+        return out
+    if root_what is not None:
+        return [Origin(root_what)]
+    var, frame = find(lambda v: v is t)
+    if var is None:
+        return []
+    return [Origin(f"leaf `{var}` (requires grad)", sites.assignment_of(frame, var))]
 
 
 class _Timeline:

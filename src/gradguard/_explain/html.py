@@ -83,8 +83,8 @@ def render_html(conflicts: Sequence[Conflict], gaps: Sequence[str] = (),
         if c.detail:
             out.append(f'<p class="detail">{html.escape(c.detail)}</p>')
         out.append(f'<p class="fix"><b>Fix:</b> {html.escape(c.fix)}</p>')
-        out.append(_code_block("Write", c.write.site if c.write else None, "write"))
-        out.append(_code_block("Saved", c.saved.site if c.saved else None, "saved"))
+        out.append(_code_block("Write", c.write.user_site if c.write else None, "write"))
+        out.append(_code_block("Saved", c.saved.user_site if c.saved else None, "saved"))
         svg = render_svg([c], prefix=f"c{i}-")
         out.append(f'<h3>Picture</h3><div class="picture">{svg}</div>')
         out.append(f'<h3>Report</h3><pre class="report">{html.escape(render_conflict(c))}</pre>')

@@ -20,7 +20,8 @@ def _frames(stack: Sequence[Frame]) -> list[str]:
     """Every captured user frame (capture already bounds them: ``max_stack``)."""
     lines = []
     for i, f in enumerate(stack):
-        lines.append(f"    #{i} {f.file}:{f.line} in {f.function}")
+        lines.append(f"    #{i} {f.file}:{f.line} in {f.function}"
+                     + ("  (library)" if f.library else ""))
         if f.source:
             lines.append(f"         {f.source}")
     if not stack:
@@ -58,6 +59,12 @@ def render_conflict(c: Conflict, color: bool = False) -> str:
         by = c.saved.op or "?"
         node = f" for backward node {c.saved.node}" if c.saved.node else ""
         out.append(f"{bold}SAVED{reset} by {by}{node}")
+        a = c.saved.assigned
+        if a is not None:
+            out.append(f"    kept on ctx at {a.file}:{a.line} in {a.function}"
+                       + ("  (library)" if a.library else ""))
+            if a.source:
+                out.append(f"         {a.source}")
         out.extend(_frames(c.saved.stack))
     if c.tensor is not None:
         t = c.tensor
@@ -71,6 +78,13 @@ def render_conflict(c: Conflict, color: bool = False) -> str:
             desc += f", produced by {describe_node(t.produced_by)}"
         out.append("")
         out.append(f"{bold}TENSOR{reset} {desc}")
+    for i, o in enumerate(c.origin):
+        head = f"{bold}ORIGIN{reset} " if i == 0 else "       "
+        where = (f", {'made' if o.what.startswith('view') else 'created'} at "
+                 f"{o.site.file}:{o.site.line} in {o.site.function}" if o.site else "")
+        out.append(f"{head}{o.what}{where}")
+        if o.site is not None and o.site.source:
+            out.append(f"         {o.site.source}")
     if c.aliasing.get("written_bytes") is not None:
         w, s = c.aliasing["written_bytes"], c.aliasing["saved_bytes"]
         how = "overlaps" if c.overlap else "does not overlap"

@@ -11,11 +11,65 @@ def _strip_comment(src: str) -> str:
     return src.split("#", 1)[0].strip()
 
 
+def _balanced(text: str, open_at: int) -> int:
+    """Index just past the parenthesis closing the one at ``open_at`` (or len(text))."""
+    depth = 0
+    for i in range(open_at, len(text)):
+        if text[i] == "(":
+            depth += 1
+        elif text[i] == ")":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return len(text)
+
+
+def call_on(src: str) -> str:
+    """The call a source line makes, as written: ``out = trainer.step(x)`` ->
+    ``trainer.step(x)``; the stripped line if it is not one call."""
+    src = _strip_comment(src)
+    m = re.match(rf"^(?:[\w\.\[\], ]+\s*=(?!=)\s*)?({_NAME})\(", src)
+    if m and _balanced(src, m.end(1)) == len(src):
+        return src[m.start(1):]
+    return src
+
+
+def backward_call(src: Optional[str]) -> Optional[str]:
+    """The backward call on a line, in the user's names: ``loss.backward()``,
+    ``self.manual_backward(g_loss)``, ``accelerator.backward(loss)``."""
+    line = _strip_comment(src or "")
+    m = re.search(rf"({_NAME}backward)\(", line)
+    return line[m.start(1):_balanced(line, m.end(1))] if m else None
+
+
+def move_after(call: str, backward: Optional[str], what: str) -> str:
+    """Move a call whose code writes a saved tensor (an optimizer step, a weight copy)
+    after the backward that needs it."""
+    after = f"`{backward}`" if backward else "the `backward()` that needs the saved tensor"
+    return f"move `{call}` after {after}, or recompute the forward after it: {what}"
+
+
 def for_write(op: str, source: Optional[str], *, via_optimizer: bool, alias: Optional[str],
-              backward_source: Optional[str], saver_op: Optional[str]) -> str:
+              backward_source: Optional[str], saver_op: Optional[str],
+              library_source: Optional[str] = None) -> str:
     """One sentence telling the user what to write instead of the write ``op`` on the
-    source line ``source`` (None when the write has no user frame)."""
+    source line ``source`` (None when the write has no user frame). ``library_source``:
+    the innermost line of library code between the user's line and the write, when the
+    write happened inside a library the user's line called."""
     src = _strip_comment(source) if source else ""
+    method = op.rsplit(".", 1)[-1]
+    if src and library_source is not None:
+        inner = re.sub(r"^(?:return|yield|await)\s+", "", _strip_comment(library_source))
+        what = ("the optimizer step inside it" if via_optimizer else "the library code it calls")
+        return move_after(call_on(src), backward_call(backward_source),
+                          f"{what} (`{inner}`) "
+                          + ("updated parameters that backward still needs" if via_optimizer
+                             else f"writes (`{op}`) into a tensor that backward still needs"))
+    if src and method == "copy_" and alias != ".data" and ".data" not in src:
+        # load_state_dict, an EMA's copy_to, p.copy_(w): there is no out-of-place copy_.
+        return move_after(call_on(src), backward_call(backward_source),
+                          f"it copies new values (`{op}`) into a tensor that backward still "
+                          "needs")
     if via_optimizer:
         opt = re.search(rf"({_NAME})\.step\(", src)
         loss = re.search(rf"({_NAME})\.backward\(", backward_source or "")
@@ -47,7 +101,6 @@ def for_write(op: str, source: Optional[str], *, via_optimizer: bool, alias: Opt
                 f"the result out of place (e.g. `torch.where`, `{x}.index_put(...)`)")
     if op.endswith("(out=)"):
         return "drop `out=` and assign the result to a new tensor"
-    method = op.rsplit(".", 1)[-1]
     if method.endswith("_") and not method.startswith("_"):
         plain = method[:-1]
         m = re.search(rf"({_NAME})\.{re.escape(method)}\((.*)\)", src)
@@ -59,6 +112,22 @@ def for_write(op: str, source: Optional[str], *, via_optimizer: bool, alias: Opt
                     "`inplace=True`): construct it without `inplace=True`")
         return f"use the out-of-place `{plain}` (assign its result), or clone the tensor first"
     return "clone the tensor before writing into it (`x = x.clone()`), or write out of place"
+
+
+def for_leaf_view_write(op: str, source: Optional[str], what: str) -> Optional[str]:
+    """The FIX for an augmented assignment into an indexed view of a leaf (``b[:, 4] += v``
+    with ``b`` a view of a parameter), where ``b[:, 4] = b[:, 4] + v`` would be the same
+    in-place write; None for other lines."""
+    src = _strip_comment(source) if source else ""
+    m = re.match(rf"({_NAME})\s*{re.escape(op)}\s*(.+)$", src) if op in _AUG_SYMBOLS else None
+    if m is None or "[" not in m.group(1):
+        return None
+    x, rhs = m.group(1), m.group(2)
+    return (f"`{x} {op} {rhs}` writes into {what} in place (and so would "
+            f"`{x} = {x} {op[:-1]} {rhs}`): for a deliberate change of its values, do it under "
+            f"`with torch.no_grad():` (`with torch.no_grad(): {x} {op} {rhs}`); otherwise build "
+            "the new tensor out of place (`torch.where`, `torch.cat`, `.index_put(...)` without "
+            "the underscore) and use it instead of writing into the view")
 
 
 _AUG_SYMBOLS = {"+=", "-=", "*=", "/=", "//=", "%=", "**=", "&=", "|=", "^=", "<<=", ">>="}

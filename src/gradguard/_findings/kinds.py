@@ -11,6 +11,7 @@ generator read this without importing torch.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -33,6 +34,9 @@ class Facts:
     alias: Optional[str] = None  # ".data" when the write went through a .data alias
     via_optimizer: bool = False
     backward_source: Optional[str] = None  # the line that called backward, if known
+    library_source: Optional[str] = None  # the library line that wrote, below write_source
+    ctx_source: Optional[str] = None  # the Function's `ctx.<attr> = ...` line, if found
+    compiled: bool = False  # no write seen, and torch.compile ran (its writes are unseen)
     repaired: bool = False  # protect() handed backward the bytes it kept
     pending: bool = False  # found at the write (when="write"), before any damage
     pytorch_error: Optional[str] = None  # first line of PyTorch's own error, if any
@@ -109,28 +113,49 @@ def _saved_detail(f: Facts) -> str:
 
 
 _NOT_INTERCEPTED = (
-    "the write was not intercepted (it ran inside C++ code or a compiled region, or before "
-    "gradguard started); run with `when=\"write\"` or bisect the writes to this tensor after "
-    "its save site")
+    "the write was not intercepted (it ran inside C++ code, a raw aten op or a compiled "
+    "region, or before gradguard started): bisect the writes to this tensor between its "
+    "save site and this backward (a write gradguard sees is named in the report, and "
+    "`gradguard run --when write` stops the program at it)")
+
+
+def _compiled_fix(f: Facts) -> str:
+    back = fixes.backward_call(f.backward_source)
+    return ("no eager write to it was seen, and torch.compile ran: writes inside compiled "
+            "regions are not intercepted, so a compiled in-place update (a compiled "
+            "`opt.step()`, say) most likely changed it after it was saved; move that call "
+            f"after {f'`{back}`' if back else 'the backward that needs it'}, or, to stop at "
+            "the write, rerun with compilation off (`TORCHDYNAMO_DISABLE=1`) under "
+            "`gradguard run --when write` (or `gradguard.detect(when=\"write\")`)")
 
 
 def _write_fix(f: Facts) -> str:
     if f.write_op is None:
-        return _NOT_INTERCEPTED
+        return _compiled_fix(f) if f.compiled else _NOT_INTERCEPTED
     return fixes.for_write(f.write_op, f.write_source, via_optimizer=f.via_optimizer,
                            alias=f.alias, backward_source=f.backward_source,
-                           saver_op=f.saver_op)
+                           saver_op=f.saver_op, library_source=f.library_source)
 
 
 def _ctx_fix(f: Facts) -> str:
     fix = _write_fix(f)
     if f.write_op is None:
         return fix
+    m = re.match(r"^\s*(\w+)\.(\w+)\s*=\s*([A-Za-z_]\w*)\s*(?:#.*)?$", f.ctx_source or "")
+    if m:
+        where = (f"in `{f.label.split(' ', 1)[0]}`" if f.label else "in the Function")
+        ctx, _attr, value = m.groups()
+        return (fix + f"; and {where}, replace `{(f.ctx_source or '').split('#', 1)[0].strip()}` "
+                f"with `{ctx}.save_for_backward({value})` (read it back from "
+                f"`{ctx}.saved_tensors` in backward) so PyTorch checks it")
     return (fix + "; and in the Function, keep tensors with `ctx.save_for_backward(...)` so "
             "PyTorch checks them")
 
 
 def _leaf_fix(f: Facts) -> str:
+    view = fixes.for_leaf_view_write(f.write_op or "", f.write_source, f.what)
+    if f.kind == "leaf-view-inplace" and view is not None:
+        return view
     specific = fixes.for_write(f.write_op or "", f.write_source, via_optimizer=False,
                                alias=None, backward_source=None, saver_op=None)
     return f"{specific}; {fixes.LEAF_FIX}"

@@ -19,9 +19,19 @@ class Frame:
     line: int
     function: str
     source: str = ""
+    library: bool = False  # library code (site-packages, the stdlib), not the user's own
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line} in {self.function}"
+
+
+def _user_site(stack: list[Frame]) -> Optional[Frame]:
+    """The innermost frame of the user's own code; the innermost frame if all are
+    library code."""
+    for f in stack:
+        if not f.library:
+            return f
+    return stack[0] if stack else None
 
 
 @dataclass
@@ -38,6 +48,12 @@ class Mutation:
     def site(self) -> Optional[Frame]:
         return self.stack[0] if self.stack else None
 
+    @property
+    def user_site(self) -> Optional[Frame]:
+        """The user's own line: the innermost frame outside library code (the line that
+        called into the library which made the write or the save)."""
+        return _user_site(self.stack)
+
 
 @dataclass
 class SavedBy:
@@ -46,10 +62,28 @@ class SavedBy:
     op: Optional[str]
     node: Optional[str]
     stack: list[Frame] = field(default_factory=list)
+    # A ctx attribute: the `ctx.<attr> = ...` line in the Function's forward (the line to
+    # change); `stack` is the `.apply(...)` call's.
+    assigned: Optional[Frame] = None
 
     @property
     def site(self) -> Optional[Frame]:
         return self.stack[0] if self.stack else None
+
+    @property
+    def user_site(self) -> Optional[Frame]:
+        """The user's own line: the innermost frame outside library code (the line that
+        called into the library which made the write or the save)."""
+        return _user_site(self.stack)
+
+
+@dataclass
+class Origin:
+    """One step of where a tensor came from: ``what`` it is ("view `b` of parameter
+    `model.conv.bias`", "leaf `s` (requires grad)") and the line that made it."""
+
+    what: str
+    site: Optional[Frame] = None
 
 
 @dataclass
@@ -99,6 +133,9 @@ class Conflict:
     repaired: bool = False
     # Every write that overlapped the saved bytes, in order, when there was more than one.
     writes: list[Mutation] = field(default_factory=list)
+    # Where the tensor came from (leaf kinds): the view it was written through, back to the
+    # parameter or the leaf's creation line.
+    origin: list[Origin] = field(default_factory=list)
     # The autograd graph around the conflict, as plain strings (see gradguard._explain.picture);
     # captured when backward confirms it, None otherwise. Not part of to_dict().
     graph: Optional[dict[str, Any]] = field(default=None, repr=False, compare=False)
@@ -114,8 +151,8 @@ class Conflict:
         return kind.title if kind else self.kind
 
     def dedup_key(self) -> tuple[Any, ...]:
-        w = self.write.site if self.write else None
-        s = self.saved.site if self.saved else None
+        w = self.write.user_site if self.write else None
+        s = self.saved.user_site if self.saved else None
         return (
             self.kind,
             (w.file, w.line) if w else None,
@@ -124,10 +161,11 @@ class Conflict:
         )
 
     def summary(self) -> str:
-        """The greppable one-line summary: ``<kind> <file>:<line> in <func> (<op>)``."""
-        site = self.write.site if self.write else None
+        """The greppable one-line summary: ``<kind> <file>:<line> in <func> (<op>)``, at
+        the user's own line (the call into library code that made the write)."""
+        site = self.write.user_site if self.write else None
         if site is None and self.saved is not None:
-            site = self.saved.site
+            site = self.saved.user_site
         where = f"{site.file}:{site.line} in {site.function}" if site else "<unknown>"
         op = self.write.op if self.write else (self.saved.op if self.saved else "?")
         return f"{self.kind} {where} ({op})"
@@ -140,7 +178,9 @@ class Conflict:
             "title": self.title,
             "mutation": ({"op": self.write.op, "via": self.write.via, "alias": self.write.alias,
                           **_site(self.write.stack)} if self.write else None),
-            "saved": ({"op": self.saved.op, "node": self.saved.node, **_site(self.saved.stack)}
+            "saved": ({"op": self.saved.op, "node": self.saved.node, **_site(self.saved.stack),
+                       **({"assigned": _frame_dict(self.saved.assigned)}
+                          if self.saved.assigned else {})}
                       if self.saved else None),
             "tensor": ({**asdict(self.tensor), "shape": list(self.tensor.shape)}
                        if self.tensor else None),
@@ -150,6 +190,9 @@ class Conflict:
             "detail": self.detail,
             "repaired": self.repaired,
             "writes": [{"op": w.op, "note": w.note, **_site(w.stack)} for w in self.writes],
+            **({"origin": [{"what": o.what,
+                            "site": _frame_dict(o.site) if o.site else None}
+                           for o in self.origin]} if self.origin else {}),
         }
 
     @classmethod
@@ -160,7 +203,9 @@ class Conflict:
             kind=str(d.get("kind") or ""),
             write=(Mutation(op=m.get("op") or "?", stack=_stack(m), via=m.get("via"),
                             alias=m.get("alias")) if m else None),
-            saved=(SavedBy(op=s.get("op"), node=s.get("node"), stack=_stack(s)) if s else None),
+            saved=(SavedBy(op=s.get("op"), node=s.get("node"), stack=_stack(s),
+                           assigned=(_frames([s["assigned"]])[0] if s.get("assigned")
+                                     else None)) if s else None),
             tensor=(_tensor_info(t) if t else None),
             overlap=d.get("overlap"),
             aliasing=dict(d.get("aliasing") or {}),
@@ -169,6 +214,9 @@ class Conflict:
             repaired=bool(d.get("repaired")),
             writes=[Mutation(op=w.get("op") or "?", stack=_stack(w), note=w.get("note"))
                     for w in d.get("writes") or ()],
+            origin=[Origin(what=str(o.get("what") or ""),
+                           site=_frames([o["site"]])[0] if o.get("site") else None)
+                    for o in d.get("origin") or ()],
         )
 
 
@@ -178,7 +226,7 @@ def _site(stack: list[Frame]) -> dict[str, Any]:
         "file": top.file if top else None,
         "line": top.line if top else None,
         "function": top.function if top else None,
-        "stack": [asdict(f) for f in stack],
+        "stack": [_frame_dict(f) for f in stack],
     }
 
 
@@ -190,11 +238,19 @@ def _tensor_info(t: dict[str, Any]) -> TensorInfo:
                       is_parameter=bool(t.get("is_parameter")), **known)
 
 
+def _frame_dict(f: Frame) -> dict[str, Any]:
+    out = asdict(f)
+    if not f.library:  # only library frames say so
+        del out["library"]
+    return out
+
+
 def _frames(items: Any) -> list[Frame]:
     out = []
     for f in items or ():
         out.append(Frame(str(f.get("file") or ""), int(f.get("line") or 0),
-                         str(f.get("function") or ""), str(f.get("source") or "")))
+                         str(f.get("function") or ""), str(f.get("source") or ""),
+                         library=bool(f.get("library"))))
     return out
 
 
@@ -206,5 +262,5 @@ def _stack(block: dict[str, Any]) -> list[Frame]:
     return stack
 
 
-for _public in (Frame, Mutation, SavedBy, TensorInfo, Conflict):
+for _public in (Frame, Mutation, SavedBy, Origin, TensorInfo, Conflict):
     _public.__module__ = "gradguard"
