@@ -2,7 +2,7 @@
 site-packages, where Python runs .pth lines at start-up, for a normal (``pip install .``)
 and an editable (``pip install -e .``) install alike. The line does nothing unless
 ``gradguard run`` exported its options to child processes (GRADGUARD_SUBPROCESS, see
-src/gradguard/integrations/children.py). coverage.py and pytest-cov ship their
+src/gradguard/_cli/children.py). coverage.py and pytest-cov ship their
 subprocess hooks the same way."""
 import os
 

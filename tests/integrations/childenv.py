@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from gradguard.integrations.children import ENV_VAR
+from gradguard._cli.children import ENV_VAR
 
 
 def environ(**extra: str) -> dict[str, str]:

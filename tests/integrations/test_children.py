@@ -17,7 +17,7 @@ import pytest
 from childenv import environ
 from helpers import line_of
 
-from gradguard.integrations.children import ENV_VAR
+from gradguard._cli.children import ENV_VAR
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

@@ -18,7 +18,7 @@ def python(code: str) -> subprocess.CompletedProcess:
 def test_importing_the_integrations_imports_no_framework():
     proc = python("import sys\n"
                   "import gradguard.integrations.lightning, gradguard.integrations.huggingface\n"
-                  "import gradguard.integrations.ipython, gradguard.integrations.children\n"
+                  "import gradguard.integrations.ipython, gradguard._cli.children\n"
                   f"print([m for m in {FRAMEWORKS!r} if m in sys.modules])")
     assert proc.stdout == "[]\n", proc.stderr
 

@@ -21,13 +21,22 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from gradguard._cli import launch as _launch
+from gradguard._cli.sessions import (  # noqa: F401 - re-exported for the integrations
+    RunOptions,
+    _use_color,
+    json_path_for,
+    rank_info,
+    start_session,
+    stream_summaries,
+    unrepaired,
+)
 from gradguard.errors import UsageError
 
 if TYPE_CHECKING:
-    from gradguard._detect.session import DetectSession
+    pass
 
 ENV_VAR = "GRADGUARD_OPTIONS"
 
@@ -211,47 +220,10 @@ def options_help() -> str:
 
 # -- the run -----------------------------------------------------------------------------
 @dataclass
-class RunOptions:
-    mode: str = "detect"
-    on_conflict: str = "record"
-    when: str = "backward"
-    json: Optional[str] = None
-    graph: Optional[str] = None
-    html: Optional[str] = None
-    checksum: bool = False
-    max_stack: int = 8
-    exit_code: int = 1
-    color: str = "auto"
-    quiet: bool = False
-
-
-@dataclass
 class RunResult:
     exit_code: int
     session: Any  # the DetectSession
     report: str  # the text report as printed (without colour)
-
-
-def rank_info(environ: Optional[Mapping[str, str]] = None
-              ) -> tuple[Optional[int], Optional[int]]:
-    """(rank, world size) when launched as one of several processes (torchrun sets
-    RANK and WORLD_SIZE), else (None, None)."""
-    env = os.environ if environ is None else environ
-    try:
-        world = int(env.get("WORLD_SIZE", "1"))
-        rank = int(env.get("RANK", "0"))
-    except ValueError:
-        return None, None
-    return (rank, world) if world > 1 else (None, None)
-
-
-def json_path_for(path: str, rank: Optional[int]) -> str:
-    """Absolute path of the JSON report; ``report.json`` -> ``report.rank1.json``."""
-    path = os.path.abspath(os.path.expanduser(path))
-    if rank is None:
-        return path
-    root, ext = os.path.splitext(path)
-    return f"{root}.rank{rank}{ext}"
 
 
 def _check_writable(path: str, what: str = "the JSON report") -> None:
@@ -267,47 +239,6 @@ def _check_writable(path: str, what: str = "the JSON report") -> None:
                          f"{exc.strerror or exc}") from None
     if not existed:
         os.unlink(path)
-
-
-def _use_color(setting: str, stream: Any) -> bool:
-    if setting != "auto":
-        return setting == "always"
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty() and not os.environ.get("NO_COLOR")
-                and os.environ.get("TERM") != "dumb")
-
-
-def start_session(options: RunOptions) -> "DetectSession":
-    """The session the target runs in: detect(), or protect() for ``--mode protect``."""
-    if options.mode == "protect":
-        from gradguard._protect.session import ProtectSession
-
-        return ProtectSession(on_conflict=options.on_conflict,  # type: ignore[arg-type]
-                              checksum=options.checksum, max_stack=options.max_stack)
-    from gradguard._detect.session import DetectSession
-
-    return DetectSession(on_conflict=options.on_conflict,  # type: ignore[arg-type]
-                         when=options.when,  # type: ignore[arg-type]
-                         checksum=options.checksum, max_stack=options.max_stack)
-
-
-def stream_summaries(session: Any, options: RunOptions, stream: Any, prefix: str = "") -> None:
-    """In record mode (unless ``quiet``), print each new conflict's SUMMARY line as soon
-    as it is confirmed; the full report still comes at exit."""
-    if options.on_conflict != "record" or options.quiet:
-        return
-    dim, reset = ("\033[2m", "\033[0m") if _use_color(options.color, stream) else ("", "")
-
-    def summary_line(conflict: Any) -> None:
-        stream.write(f"{prefix}{dim}SUMMARY: gradguard: {conflict.summary()}{reset}\n")
-        stream.flush()
-
-    session.listeners.append(summary_line)
-
-
-def unrepaired(session: Any) -> list:
-    """The conflicts that count for the exit code: protect's repairs do not."""
-    return [c for c in session.conflicts if not c.repaired]
 
 
 def _compiled_graphs() -> int:
@@ -368,9 +299,9 @@ def write_outputs(session: Any, paths: dict[str, str], run: dict[str, Any],
 def execute(options: RunOptions, target: _launch.Target,
             stderr: Any = None) -> RunResult:
     """Run ``target`` under the sanitizer, print the report, write the outputs. Python
-    child processes get sessions of their own (`gradguard.integrations.children`): their
+    child processes get sessions of their own (`gradguard._cli.children`): their
     reports are merged into this one."""
-    from gradguard.integrations import children as _children
+    from gradguard._cli import children as _children
 
     outer = _children.claim()  # first: before torch is imported here
     from gradguard._explain.text import render_run
@@ -433,7 +364,7 @@ def execute(options: RunOptions, target: _launch.Target,
 def _child_report(kid: dict[str, Any]) -> str:
     """A child's report, each line prefixed ``[rankN]`` (torchrun) or ``[pidN]``; only its
     SUMMARY lines if it printed its report itself (a child that is ``gradguard run``)."""
-    from gradguard.integrations.children import label_of
+    from gradguard._cli.children import label_of
 
     prefix = f"[{label_of(kid['rank'], kid['pid'])}] "
     lines = kid.get("text", "").split("\n")

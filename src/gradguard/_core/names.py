@@ -98,11 +98,16 @@ class ModuleIndex:
                 self._rebuild()  # a parameter we do not know: its storage was replaced
                 entries = self._by_storage.get(key, ())
         start, end = byte_range(t)
+        found = None
         for p_start, p_end, ref, local, is_param in entries:
             m = ref()
             if m is not None and p_start < end and start < p_end:
-                return m, local, is_param
-        return None
+                if type(m).__name__ != "GraphModule":
+                    return m, local, is_param
+                # torch.compile's graph modules hold the user's parameters under generated
+                # names (`self___param_groups_0__params___0`): the user's module names them
+                found = found or (m, local, is_param)
+        return found
 
     def path_to(self, module: torch.nn.Module) -> list[str]:
         """Child names from the root down to ``module``, and the root."""

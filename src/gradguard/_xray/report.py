@@ -8,7 +8,17 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from gradguard._xray.session import _line_of
+from gradguard._core import sites
+
+
+def _line_of(stack: Any) -> tuple[str, str]:
+    """('file:line', source) of a raw stack's innermost user frame."""
+    frames = sites.resolve(stack[:1]) if stack else []
+    if not frames:
+        return "<unknown>", ""
+    f = frames[0]
+    return f"{f.file}:{f.line}", f.source
+
 
 SCHEMA = "gradguard.xray/1"
 

@@ -49,15 +49,6 @@ def _describe_dtype(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def _line_of(stack: Any) -> tuple[str, str]:
-    """('file:line', source) of a raw stack's innermost user frame."""
-    frames = sites.resolve(stack[:1]) if stack else []
-    if not frames:
-        return "<unknown>", ""
-    f = frames[0]
-    return f"{f.file}:{f.line}", f.source
-
-
 class _Packed:
     """What autograd holds for one saved tensor while xray records (autograd owns it)."""
 

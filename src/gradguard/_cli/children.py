@@ -118,7 +118,7 @@ class Child:
         if threading.current_thread() is not threading.main_thread():
             self.gaps.append("torch was first imported in a thread other than the main one: "
                              "gradguard's saved-tensor hooks cover that thread only")
-        from gradguard._cli import run as _run
+        from gradguard._cli import sessions as _run
 
         options = _run.RunOptions(**{k: v for k, v in self.options.items()
                                      if k in _run.RunOptions.__dataclass_fields__})
@@ -152,7 +152,7 @@ class Child:
 
     def write_report(self, session: Any, printed: bool = False,
                      exit_code: Optional[int] = None) -> None:
-        from gradguard._cli import run as _run
+        from gradguard._cli import sessions as _run
 
         rank, world = _run.rank_info()
         data: dict[str, Any] = {"pid": self.pid, "rank": rank, "world_size": world,
