@@ -4,6 +4,8 @@ from __future__ import annotations
 import re
 from typing import Optional
 
+from gradguard._findings.twins import twin_method, twin_statement
+
 _NAME = r"[A-Za-z_][\w\.]*(?:\[[^\]]*\])?"
 
 
@@ -102,15 +104,19 @@ def for_write(op: str, source: Optional[str], *, via_optimizer: bool, alias: Opt
     if op.endswith("(out=)"):
         return "drop `out=` and assign the result to a new tensor"
     if method.endswith("_") and not method.startswith("_"):
-        plain = method[:-1]
-        m = re.search(rf"({_NAME})\.{re.escape(method)}\((.*)\)", src)
-        if m:
-            x, args = m.group(1), m.group(2)
-            return f"write `{x} = {x}.{plain}({args})` instead of `{x}.{method}({args})`"
+        # The one table of out-of-place twins, shared with the lint fixes and
+        # `gradguard fix --from-report`: it never names a method Tensor does not have.
+        twin = twin_statement(src, op) if src else None
+        if twin is not None:
+            return f"write `{twin}` instead of `{src}`"
         if src and source is not None and method in _ACTIVATIONS:
             return (f"this line runs an in-place `{method}` (probably a module built with "
                     "`inplace=True`): construct it without `inplace=True`")
-        return f"use the out-of-place `{plain}` (assign its result), or clone the tensor first"
+        plain = twin_method(method)
+        if plain is not None:
+            return f"use the out-of-place `{plain}` (assign its result), or clone the tensor first"
+        return (f"`{method}` has no out-of-place method: clone the tensor first "
+                f"(`x = x.clone()`) and `{method}` the clone, or build a new tensor")
     return "clone the tensor before writing into it (`x = x.clone()`), or write out of place"
 
 
