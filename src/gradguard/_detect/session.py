@@ -98,6 +98,7 @@ def _fingerprint(t: torch.Tensor) -> int:
 
 
 _UNREADABLE = -1  # never a CRC32 (those are unsigned)
+_state = intercept.state  # per-thread interception state (`unread` during batch norm)
 _PLAIN = (torch.Tensor, torch.nn.Parameter)  # no subclass whose data_ptr could mislead
 
 
@@ -161,6 +162,7 @@ class DetectSession(Session):
         self._watcher: Optional[Session] = None
         self._repairs_seen: set = set()
         self._built: dict[tuple, Conflict] = {}  # raw sites and storage -> its conflict
+        self._add = runtime.registry.add
         # ctx records -> (the code of the Function's forward, the attribute): to name the assignment
         # line when a conflict on one is reported.
         self._ctx_of: "weakref.WeakKeyDictionary[SavedRecord, tuple[Any, str]]" = (
@@ -216,37 +218,37 @@ class DetectSession(Session):
 
     # -- saved-tensor hooks ------------------------------------------------------------
     def pack(self, t: torch.Tensor) -> Any:
+        # Once per saved tensor: the hottest path gradguard has (kept to one call deep).
         try:
-            return self._pack(t)
+            stack, entry = sites.capture(2, self._save_stack)  # entry: torch code that saved
+            try:
+                version = t._version
+            except RuntimeError:  # inference tensors have no version counter: no check
+                return t
+            # Leaves are held as themselves (as PyTorch does); other tensors detached, since
+            # an output saved by its own node would otherwise form an uncollectable cycle.
+            # The storage key is computed lazily, if a write ever needs to look it up.
+            grad_fn = t.grad_fn  # None exactly for leaves
+            if grad_fn is None:
+                rec = SavedRecord(t, version, None, self, stack)
+            else:
+                rec = SavedRecord(t.detach(), version, None, self, stack)
+                rec.fresh = not t._is_view()
+                rec.source = (weakref.ref(t), t.output_nr, id(grad_fn))
+            rec.inner = entry
+            rec.producer = type(grad_fn)
+            rec.watcher = self._watcher
+            unread = _state.unread
+            if unread is not None and storage_key(t) in unread:
+                rec.kind = "unread"  # saved, but backward never reads its values
+                return rec
+            self._add(rec)
+            if self.checksum:
+                rec.checksum = _fingerprint(t)
+            return rec
         except Exception as exc:  # noqa: BLE001 - saved as PyTorch would, unchecked
             runtime.internal_error("a saved tensor", exc)
             return t
-
-    def _pack(self, t: torch.Tensor) -> Any:
-        stack, entry = sites.capture(3, self._save_stack)  # entry: torch code that saved
-        # Leaves are held as themselves (as PyTorch does); other tensors detached, since an
-        # output saved by its own node would otherwise form an uncollectable cycle.
-        try:
-            version = t._version
-        except RuntimeError:  # inference tensors have no version counter: nothing to check
-            return t
-        # The storage key is computed lazily, if a write ever needs to look it up.
-        grad_fn = t.grad_fn  # None exactly for leaves
-        rec = SavedRecord(t if grad_fn is None else t.detach(), version, None, self, stack)
-        rec.inner = entry
-        rec.producer = type(grad_fn)
-        if grad_fn is not None:
-            rec.fresh = not t._is_view()
-            rec.source = (weakref.ref(t), t.output_nr, id(grad_fn))
-        rec.watcher = self._watcher
-        unread = intercept.state.unread
-        if unread is not None and storage_key(t) in unread:
-            rec.kind = "unread"  # saved, but backward never reads its values
-            return rec
-        runtime.registry.add(rec)
-        if self.checksum:
-            rec.checksum = _fingerprint(t)
-        return rec
 
     def unpack(self, rec: Any) -> torch.Tensor:
         if not isinstance(rec, SavedRecord):
