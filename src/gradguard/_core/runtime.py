@@ -197,7 +197,7 @@ class Runtime:
                 continue
             start, end = (0, _storage_nbytes(t)) if freed else byte_range(t)
             if write is None:
-                stack, entry = sites.capture(3, records[0].owner.max_stack)
+                stack, entry = sites.capture(3, records[0].owner.max_stack, sites.MAX_WALK)
             else:
                 stack, entry = write.stack, write.entry
             write = WriteRecord(op, stack, entry, None, start, end, whole)

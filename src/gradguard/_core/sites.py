@@ -47,6 +47,11 @@ MAX_STACK = 8
 # callers, which is what locates the op; writes keep `max_stack`.
 SAVE_STACK = 4
 MAX_WALK = 64  # frames walked per capture, user and internal together
+# Once `limit` frames are kept and all are library code, frames walked further to find the
+# user's own line. Bounded: the walk is paid per saved tensor, and a deep library (a
+# Hugging Face model is ~30 frames from the user's `model(x)`) would otherwise double the
+# cost of every save. Writes, rarer, search up to MAX_WALK (`capture(..., search=...)`).
+SEARCH_USER = 8
 
 
 def is_internal_file(filename: str) -> bool:
@@ -131,7 +136,8 @@ def _is_internal(code: CodeType) -> Any:
     return _classify(_internal_code, code, _code_class)
 
 
-def capture(skip: int = 1, limit: int = MAX_STACK) -> Tuple[RawStack, Tuple[CodeType, ...]]:
+def capture(skip: int = 1, limit: int = MAX_STACK,
+            search: int = SEARCH_USER) -> Tuple[RawStack, Tuple[CodeType, ...]]:
     """User frames (outside torch and gradguard), innermost first, and the torch/gradguard
     code between them and the capture point (e.g. an optimizer's ``step``), which says
     *how* the user's line reached the write or the save."""
@@ -144,8 +150,13 @@ def capture(skip: int = 1, limit: int = MAX_STACK) -> Tuple[RawStack, Tuple[Code
     internal = _internal_code
     mine = False  # a frame of the user's own code kept yet?
     budget = MAX_WALK
+    extra = -1  # frames walked since `limit` library frames were kept (-1: not yet)
     while frame is not None and budget:
         budget -= 1
+        if extra >= 0:
+            extra += 1
+            if extra > search:
+                break
         code = frame.f_code
         hit = internal.get(id(code))
         if hit is None:
@@ -164,8 +175,11 @@ def capture(skip: int = 1, limit: int = MAX_STACK) -> Tuple[RawStack, Tuple[Code
                 mine = True
             elif len(frames) < limit:
                 frames.append((code, frame.f_lasti))
-            if mine and len(frames) >= limit:
-                break
+            if len(frames) >= limit:
+                if mine:
+                    break
+                if extra < 0:
+                    extra = 0
         frame = frame.f_back
     return tuple(frames), tuple(inner)
 

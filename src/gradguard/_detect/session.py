@@ -539,7 +539,7 @@ class DetectSession(Session):
 
     # -- PyTorch's own in-place errors, explained ----------------------------------------
     def on_write_error(self, kind: str, op: str, exc: BaseException, args: tuple) -> None:
-        stack, _ = sites.capture(3, self.max_stack)
+        stack, _ = sites.capture(3, self.max_stack, sites.MAX_WALK)
         mutation = Mutation(op=op, stack=sites.resolve(stack))
         t = args[0] if args and isinstance(args[0], torch.Tensor) else None
         tensor = None
