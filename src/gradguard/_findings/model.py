@@ -34,8 +34,24 @@ def _user_site(stack: list[Frame]) -> Optional[Frame]:
     return stack[0] if stack else None
 
 
+class _Sited:
+    """A record with a stack (innermost first): its innermost frame, and the user's own."""
+
+    stack: list[Frame]
+
+    @property
+    def site(self) -> Optional[Frame]:
+        return self.stack[0] if self.stack else None
+
+    @property
+    def user_site(self) -> Optional[Frame]:
+        """The user's own line: the innermost frame outside library code (the line that
+        called into the library which made the write or the save)."""
+        return _user_site(self.stack)
+
+
 @dataclass
-class Mutation:
+class Mutation(_Sited):
     """The in-place write."""
 
     op: str
@@ -44,19 +60,9 @@ class Mutation:
     alias: Optional[str] = None  # e.g. ".data" when the write went through a .data alias
     note: Optional[str] = None  # in a write timeline: e.g. "version 2 after it"
 
-    @property
-    def site(self) -> Optional[Frame]:
-        return self.stack[0] if self.stack else None
-
-    @property
-    def user_site(self) -> Optional[Frame]:
-        """The user's own line: the innermost frame outside library code (the line that
-        called into the library which made the write or the save)."""
-        return _user_site(self.stack)
-
 
 @dataclass
-class SavedBy:
+class SavedBy(_Sited):
     """The forward op that saved the tensor, and the backward node that needed it."""
 
     op: Optional[str]
@@ -65,16 +71,6 @@ class SavedBy:
     # A ctx attribute: the `ctx.<attr> = ...` line in the Function's forward (the line to
     # change); `stack` is the `.apply(...)` call's.
     assigned: Optional[Frame] = None
-
-    @property
-    def site(self) -> Optional[Frame]:
-        return self.stack[0] if self.stack else None
-
-    @property
-    def user_site(self) -> Optional[Frame]:
-        """The user's own line: the innermost frame outside library code (the line that
-        called into the library which made the write or the save)."""
-        return _user_site(self.stack)
 
 
 @dataclass
