@@ -39,6 +39,7 @@ from gradguard._core.registry import (
 )
 from gradguard._core.runtime import new_record, runtime
 from gradguard._core.session import Session
+from gradguard._core.sites import capture_save
 from gradguard._detect.graph import capture as capture_graph
 from gradguard._findings.kinds import Facts
 from gradguard._findings.kinds import kind as catalogue_kind
@@ -220,7 +221,7 @@ class DetectSession(Session):
     def pack(self, t: torch.Tensor) -> Any:
         # Once per saved tensor: the hottest path gradguard has (kept to one call deep).
         try:
-            stack, entry = sites.capture(2, self._save_stack)  # entry: torch code that saved
+            stack, entry = capture_save(2, self._save_stack)  # entry: torch code that saved
             try:
                 version = t._version
             except RuntimeError:  # inference tensors have no version counter: no check
@@ -251,6 +252,8 @@ class DetectSession(Session):
             return t
 
     def unpack(self, rec: Any) -> torch.Tensor:
+        if sites._anchor is not None:
+            sites.forget_anchor()  # backward began: the forward's frames may be gone
         if not isinstance(rec, SavedRecord):
             return rec
         t = rec.tensor
