@@ -151,9 +151,9 @@ def capture(skip: int = 1, limit: int = MAX_STACK,
 def _first_outside(skip: int) -> Tuple[Optional[FrameType], Tuple[CodeType, ...]]:
     """The first frame outside torch and gradguard from ``sys._getframe(skip)`` outwards
     (None if none within `MAX_WALK`), and the torch/gradguard code walked to reach it,
-    innermost first."""
+    innermost first. ``skip`` counts from this function's own frame."""
     try:
-        frame: Optional[FrameType] = sys._getframe(skip + 1)
+        frame: Optional[FrameType] = sys._getframe(skip)
     except ValueError:  # a thread with fewer Python frames (a TorchScript fork's)
         return None, ()
     inner: list[CodeType] = []

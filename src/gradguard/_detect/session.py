@@ -107,13 +107,14 @@ def _crc(t: torch.Tensor) -> int:
     start, end = byte_range(t)
     if not has_bytes(t, end):
         return _UNREADABLE  # its storage was freed (resized to 0): nothing to read
-    if t.device.type == "cpu" and type(t) in _PLAIN and dense(t, start, end):
-        # The bytes straight from memory (all of them t's: it fills its range): no tensor
-        # op, no NumPy export (which would make the storage non-resizable).
+    if t.is_cpu and type(t) in _PLAIN and dense(t, start, end):
+        # The bytes straight from memory (all of them t's: it fills its range), read in
+        # place: no copy, no tensor op, no NumPy export (which would make the storage
+        # non-resizable).
         if end == start:
             return 0
         base = t.untyped_storage().data_ptr()
-        return zlib.crc32(ctypes.string_at(base + start, end - start))
+        return zlib.crc32((ctypes.c_char * (end - start)).from_address(base + start))
     with torch.no_grad():
         flat = t.detach()
         if flat.device.type != "cpu":
@@ -288,10 +289,34 @@ class DetectSession(Session):
                 if kept is not t:  # copy-on-write kept the saved bytes: backward gets them
                     self._repaired(rec)
                 return kept
+        if self._known_everywhere(rec, t):
+            return t
         damage = self._damage(rec, t)
         if damage is not None:
             self.confirm(rec, outside=damage == "outside")
         return t
+
+    def _known_everywhere(self, rec: SavedRecord, t: torch.Tensor) -> bool:
+        """Whether confirming ``rec`` could only find a conflict already reported to this
+        session and every enclosing one: one overlapping write, the version unmoved, and
+        neither raising nor eager. Then the fingerprint at unpack and the report are
+        skipped -- the answer would change nothing (delivering a known conflict in
+        "record"/"warn" mode is a no-op) -- which is what keeps a training loop with a
+        silent write in every step at the cost of a plain one (`benchmarks/conflict_path.py`)."""
+        if self.on_conflict == "raise" or self.eager or t._version != rec.version:
+            return False
+        timeline = rec.extra
+        if not isinstance(timeline, _Timeline) or len(timeline.hits) != 1 or not rec.writes:
+            return False
+        write = rec.writes[timeline.hits[0]][0]
+        key = (_KIND_OF_RECORD[_record_kind(rec)], write.stack[:1], rec.stack[:1],
+               rec.key if rec.key is not None else storage_key(t), False, False)
+        known = self._built.get(key)
+        if known is None:
+            return False
+        seen = known.dedup_key()
+        return all(seen in session._seen for session in self.enclosing()
+                   if isinstance(session, DetectSession))
 
     @staticmethod
     def _damage(rec: SavedRecord, t: torch.Tensor) -> Optional[str]:
@@ -357,9 +382,7 @@ class DetectSession(Session):
         write = self._culprit(rec, hits, moved) if pending is None else pending
         if write is None and writes:
             write = writes[-1]
-        if rec.kind == "saved" and sites.called_through(rec.inner, _CHECKPOINT_PATH):
-            # Non-reentrant checkpoint saves its inputs to recompute from them: a write
-            # through `.data` there silently changes the recomputed forward.
+        if _record_kind(rec) != rec.kind:
             rec.kind, rec.label = "checkpoint", "torch.utils.checkpoint"
         kind = "saved-tensor-mutated-outside-pytorch" if outside else _KIND_OF_RECORD[rec.kind]
         fatal = moved and pending is None and rec.kind != "ctx" and not repaired
@@ -698,6 +721,15 @@ def _origin(t: torch.Tensor, name: Optional[str], frames: list,
     if var is None:
         return []
     return [Origin(f"leaf `{var}` (requires grad)", sites.assignment_of(frame, var))]
+
+
+def _record_kind(rec: SavedRecord) -> str:
+    """The record's kind, with non-reentrant checkpoint's saves of its inputs told apart: it
+    recomputes from them, so a write through `.data` there silently changes the
+    recomputed forward."""
+    if rec.kind == "saved" and sites.called_through(rec.inner, _CHECKPOINT_PATH):
+        return "checkpoint"
+    return rec.kind
 
 
 class _Timeline:
