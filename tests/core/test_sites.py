@@ -50,7 +50,7 @@ def _compare(run) -> int:
     seen = []
 
     def pack(t):
-        seen.append((sites.capture(2, 4), sites.capture_save(2, 4)))
+        seen.append((sites.capture(2, 4, sites.MAX_WALK), sites.capture_save(2, 4)))
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

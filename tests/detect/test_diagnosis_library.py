@@ -157,3 +157,22 @@ def test_a_deep_library_save_keeps_the_users_line(fakelib):
     assert not stack[-1].library  # the user's line is kept after the library frames
     assert len(stack) == sites.SAVE_STACK + 1
     assert c.summary().startswith(f"saved-tensor-mutated {HERE}:{line_of('DATA')} in ")
+
+
+def test_a_save_deep_inside_a_hugging_face_model_keeps_the_users_line():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2,
+                                     n_head=2, bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(config)
+    ids = torch.randint(0, 64, (2, 8))
+    weight = model.transformer.h[1].attn.c_attn.weight
+    with gradguard.detect(on_conflict="record") as s:
+        loss = model(input_ids=ids, labels=ids).loss  # HF-FORWARD
+        weight.data.mul_(2)  # HF-DATA
+        loss.backward()
+    (c,) = s.conflicts
+    assert c.saved.stack[0].library and c.saved.stack[0].function == "Conv1D.forward"
+    # ~40 frames of transformers and torch lie between that save and the user's line
+    assert (c.saved.user_site.file, c.saved.user_site.line) == (HERE, line_of("HF-FORWARD"))
+    assert c.tensor.name == "model.transformer.h.1.attn.c_attn.weight"

@@ -49,9 +49,9 @@ MAX_STACK = 8
 SAVE_STACK = 4
 MAX_WALK = 64  # frames walked per capture, user and internal together
 # Once `limit` frames are kept and all are library code, frames walked further to find the
-# user's own line. Bounded: the walk is paid per saved tensor, and a deep library (a
-# Hugging Face model is ~30 frames from the user's `model(x)`) would otherwise double the
-# cost of every save. Writes, rarer, search up to MAX_WALK (`capture(..., search=...)`).
+# user's own line (a Hugging Face model's deeper saves are ~40 frames below the user's
+# `model(x)`). `capture` bounds this search (`search=`); a save's walk goes to MAX_WALK,
+# since `capture_save` pays the part above its anchor frame once per anchor, not per save.
 SEARCH_USER = 8
 
 
@@ -246,7 +246,7 @@ _anchor: Optional[_Anchor] = None
 
 
 def capture_save(skip: int, limit: int) -> Tuple[RawStack, Tuple[CodeType, ...]]:
-    """`capture` for a saved tensor (``search=SEARCH_USER``), reusing the last save's walk
+    """`capture` for a saved tensor (``search=MAX_WALK``), reusing the last save's walk
     above its anchor when this save is made below the same running frame (`_Anchor`).
     Returns what `capture` returns."""
     global _anchor
@@ -255,7 +255,7 @@ def capture_save(skip: int, limit: int) -> Tuple[RawStack, Tuple[CodeType, ...]]
         return (), inner
     anchor = _anchor
     if anchor is None or not anchor.holds(frame, limit):
-        kept = _walk_kept(frame, limit, SEARCH_USER)
+        kept = _walk_kept(frame, limit, MAX_WALK)
         anchor = _anchor = _Anchor(frame, limit, tuple(kept[1:]))
     lasti = frame.f_lasti
     stack = anchor.stacks.get(lasti)
