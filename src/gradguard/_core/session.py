@@ -61,7 +61,6 @@ class Session:
         runtime.release(self)
         self._depth -= 1
         if self._depth == 0:
-            sites.forget_anchor()
             self.on_exit()
             self.parent = None
 

@@ -2,9 +2,8 @@
 
 Stacks are captured as tuples of ``(code object, instruction offset)`` pairs: cheap to take
 on the hot path (one per saved tensor and per intercepted write), and holding no frame,
-so no local variable -- no tensor -- is kept alive by a recorded stack (the one frame
-`capture_save` holds while saves go on below it is dropped at the next unpack and at
-session exit). They are turned into readable `Frame`s only when a report is written.
+so no local variable -- no tensor -- is kept alive by a recorded stack. They are turned
+into readable `Frame`s only when a report is written.
 """
 from __future__ import annotations
 
@@ -121,6 +120,7 @@ def mark_internal(code: CodeType, stop: bool = False) -> None:
     """Treat ``code`` as internal (e.g. runpy's functions); ``stop``: end stack walks there."""
     _pinned.append(code)
     _internal_code[id(code)] = STOP if stop else True
+    _walks.clear()  # walks remembered through it would now stop or go on elsewhere
 
 
 def _classify(cache: dict, code: CodeType, test: Callable[[str], bool]) -> Any:
@@ -145,7 +145,7 @@ def capture(skip: int = 1, limit: int = MAX_STACK,
     frame, inner = _first_outside(skip + 1)
     if frame is None:
         return (), inner
-    return tuple(_walk_kept(frame, limit, search)), inner
+    return tuple(_walk_kept(frame, limit, search)[0]), inner
 
 
 def _first_outside(skip: int) -> Tuple[Optional[FrameType], Tuple[CodeType, ...]]:
@@ -172,28 +172,34 @@ def _first_outside(skip: int) -> Tuple[Optional[FrameType], Tuple[CodeType, ...]
     return None, tuple(inner)
 
 
-def _walk_kept(frame: Optional[FrameType], limit: int, search: int) -> list[tuple[CodeType, int]]:
+def _walk_kept(frame: Optional[FrameType], limit: int, search: int,
+               seen: Optional[list] = None) -> tuple[list[tuple[CodeType, int]], bool]:
     """The frames kept from ``frame`` (outside torch and gradguard) outwards: up to
     ``limit`` frames, walking on at most ``search`` frames past them to find one of the
-    user's own when all kept are library code."""
+    user's own when all kept are library code; and whether the walk reached the end of
+    the stack. ``seen`` gets (code, instruction) of every frame looked at but the first:
+    everything the result depends on (`capture_save` compares it)."""
     frames: list[tuple[CodeType, int]] = []
     internal = _internal_code
     mine = False  # a frame of the user's own code kept yet?
     budget = MAX_WALK
     extra = -1  # frames walked since `limit` library frames were kept (-1: not yet)
+    first = frame
     while frame is not None and budget:
         budget -= 1
         if extra >= 0:
             extra += 1
             if extra > search:
-                break
+                return frames, False
         code = frame.f_code
+        if seen is not None and frame is not first:
+            seen.append((code, frame.f_lasti))
         hit = internal.get(id(code))
         if hit is None:
             hit = _is_internal(code)
         if hit:
             if hit is STOP:
-                break
+                return frames, False
         else:
             # f_lasti, not f_lineno: the line number costs a walk of the line table, and
             # is only needed if this stack ends up in a report. Past the limit, library
@@ -205,69 +211,78 @@ def _walk_kept(frame: Optional[FrameType], limit: int, search: int) -> list[tupl
                 frames.append((code, frame.f_lasti))
             if len(frames) >= limit:
                 if mine:
-                    break
+                    return frames, False
                 if extra < 0:
                     extra = 0
         frame = frame.f_back
-    return frames
+    return frames, frame is None
 
 
-class _Anchor:
-    """The last save's anchor: its first frame outside torch and gradguard (a module's
-    `forward`, the user's function), and the frames the walk kept above it.
+class _Walk:
+    """A save's walk above its anchor -- the first frame outside torch and gradguard (a
+    module's `forward`, the user's function): what the walk looked at there, and what it
+    kept. A later save below a frame running the same code, whose callers are the same
+    code at the same instructions, would walk them to the same result: comparing is ~4x
+    cheaper than walking (no classification), and nothing is held but code objects (no
+    frame, so no local variable and no tensor)."""
 
-    While the anchor frame runs, every frame above it is suspended, so the frames kept
-    above it cannot change: every save it makes (a conv, its batch norm and activation:
-    most saves of a model) reuses that part of the walk, which is most of it (a Hugging
-    Face model's saves are ~20 frames below the user's line, ~4 below their anchor). The
-    frame is held (frames take no weak references), which keeps its locals alive:
-    `forget_anchor` drops it, and is called at every unpack and session exit."""
+    __slots__ = ("limit", "seen", "ends", "tail", "stacks")
 
-    __slots__ = ("frame", "back", "back_lasti", "limit", "tail", "stacks")
-
-    def __init__(self, frame: FrameType, limit: int, tail: RawStack) -> None:
-        self.frame = frame
-        # The caller and its instruction are compared too: a generator's frame can be
-        # resumed from another caller between two saves.
-        self.back = frame.f_back
-        self.back_lasti = self.back.f_lasti if self.back is not None else -1
+    def __init__(self, limit: int, seen: tuple, ends: bool, tail: RawStack) -> None:
         self.limit = limit
+        self.seen = seen  # (code, f_lasti) of each frame looked at above the anchor
+        self.ends = ends  # the walk stopped at the end of the stack
         self.tail = tail  # frames kept above the anchor
-        self.stacks: dict[int, RawStack] = {}  # by the anchor's instruction
+        self.stacks: dict[int, RawStack] = {}  # the whole stack, by the anchor's instruction
 
-    def holds(self, frame: FrameType, limit: int) -> bool:
-        if frame is not self.frame or limit != self.limit:
+    def matches(self, anchor: FrameType, limit: int) -> bool:
+        if limit != self.limit:
             return False
-        back = frame.f_back
-        return back is self.back and (back is None or back.f_lasti == self.back_lasti)
+        frame = anchor.f_back
+        for code, lasti in self.seen:
+            if frame is None or frame.f_code is not code or frame.f_lasti != lasti:
+                return False
+            frame = frame.f_back
+        return frame is None or not self.ends
 
 
-_anchor: Optional[_Anchor] = None
+# id(anchor code) -> its recent walks, newest first (code objects classified are pinned,
+# so ids are not reused). One code is reached through a few call chains (a block's
+# attention and MLP calling one `Linear.forward`); a few walks each cover them.
+_walks: dict[int, list[_Walk]] = {}
+_WALKS_PER_CODE = 8
+_MAX_CODES = 4096
 
 
 def capture_save(skip: int, limit: int) -> Tuple[RawStack, Tuple[CodeType, ...]]:
-    """`capture` for a saved tensor (``search=MAX_WALK``), reusing the last save's walk
-    above its anchor when this save is made below the same running frame (`_Anchor`).
-    Returns what `capture` returns."""
-    global _anchor
+    """`capture` for a saved tensor (``search=MAX_WALK``): the same result, reusing the
+    walk above the anchor frame from an earlier save whose callers were the same (`_Walk`)."""
     frame, inner = _first_outside(skip + 1)
     if frame is None:
         return (), inner
-    anchor = _anchor
-    if anchor is None or not anchor.holds(frame, limit):
-        kept = _walk_kept(frame, limit, MAX_WALK)
-        anchor = _anchor = _Anchor(frame, limit, tuple(kept[1:]))
+    code = frame.f_code
+    walks = _walks.get(id(code))
+    found = None
+    if walks is not None:
+        for walk in walks:
+            if walk.matches(frame, limit):
+                found = walk
+                break
+    if found is None:
+        seen: list = []
+        kept, ends = _walk_kept(frame, limit, MAX_WALK, seen)
+        found = _Walk(limit, tuple(seen), ends, tuple(kept[1:]))
+        if walks is None:
+            if len(_walks) >= _MAX_CODES:
+                _walks.clear()
+            walks = _walks[id(code)] = []
+        walks.insert(0, found)
+        del walks[_WALKS_PER_CODE:]
     lasti = frame.f_lasti
-    stack = anchor.stacks.get(lasti)
+    stack = found.stacks.get(lasti)
     if stack is None:
-        stack = anchor.stacks[lasti] = ((frame.f_code, lasti),) + anchor.tail
+        stack = found.stacks[lasti] = ((code, lasti),) + found.tail
     return stack, inner
-
-
-def forget_anchor() -> None:
-    """Drop the frames `capture_save` holds (see `_anchor`)."""
-    global _anchor
-    _anchor = None
 
 
 def line_of(code: CodeType, lasti: int) -> int:

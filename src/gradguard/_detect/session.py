@@ -253,8 +253,6 @@ class DetectSession(Session):
             return t
 
     def unpack(self, rec: Any) -> torch.Tensor:
-        if sites._anchor is not None:
-            sites.forget_anchor()  # backward began: the forward's frames may be gone
         if not isinstance(rec, SavedRecord):
             return rec
         t = rec.tensor
