@@ -91,3 +91,33 @@ def test_bad_when_value(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1
     assert "argument --when: expected one of backward, write, not 'later'" in proc.stderr
+
+
+PARENT = '''\
+import subprocess, sys
+subprocess.run([sys.executable, "eager.py"], check=False)
+print("parent done")
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_when_write_reaches_child_processes(tmp_path, how):
+    from integrations.childenv import environ
+
+    script = _script(tmp_path)
+    (tmp_path / "parent.py").write_text(PARENT)
+    argv = ["--when", "write"] if how == "flag" else []
+    env = environ(**({"GRADGUARD_OPTIONS": "when=write"} if how == "env" else {}))
+    proc = subprocess.run([sys.executable, "-m", "gradguard", "run", *argv, "parent.py"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    write = _lines(script, "WRITE")
+    err = proc.stderr
+    # the child's session stopped at the write (record mode: it goes on, then reports)
+    assert ("this write would overwrite f32[4] cpu v0, saved for backward by an earlier op; "
+            "stopped before the write (when='write')") in err
+    assert f"    #0 {script}:{write} in <module>\n         h.mul_(2)  # WRITE\n" in err
+    assert (f"SUMMARY: gradguard: saved-tensor-mutated {script}:{write} in <module> "
+            "(Tensor.mul_)") in err
+    assert "after the write" in proc.stdout and proc.stdout.splitlines()[-1] == "parent done"
