@@ -40,6 +40,7 @@ from gradguard._core.registry import (
 from gradguard._core.runtime import new_record, runtime
 from gradguard._core.session import Session
 from gradguard._detect.graph import capture as capture_graph
+from gradguard._detect.graph import saving_node
 from gradguard._findings.kinds import Facts
 from gradguard._findings.kinds import kind as catalogue_kind
 from gradguard._findings.model import Conflict, Mutation, Origin, SavedBy, TensorInfo
@@ -372,6 +373,9 @@ class DetectSession(Session):
                           if fatal else None)
             return
 
+        if pending is not None and rec.kind == "saved":
+            # At the write no backward node is running to say who saved it: search for it.
+            node_name = saving_node(rec, sites.live_user_frames(2))
         saver_op = rec.label or forward_op(node_name)
         saved = SavedBy(op=saver_op, node=node_name, stack=sites.resolve(rec.stack))
         ctx_line = None
