@@ -127,7 +127,8 @@ class Session:
 
     def on_write_error(self, kind: str, op: str, exc: BaseException, args: tuple) -> None:
         """PyTorch raised one of its own in-place errors at a write (kinds in
-        `gradguard._core.runtime.WRITE_ERRORS`); the innermost session is told."""
+        `gradguard._core.runtime.WRITE_ERRORS`); the innermost session is told. ``args``:
+        the call's positional arguments, after the ``out=`` tensors for an ``out=`` call."""
 
     def on_function_applied(self, cls: type, output: Any) -> None:
         """A custom ``autograd.Function`` subclass ``cls`` returned ``output`` (grad mode)."""
