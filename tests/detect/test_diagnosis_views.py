@@ -225,3 +225,81 @@ def test_correct_programs_are_unchanged():
         with torch.no_grad():
             torch.clamp(x, 0, 1, out=x)
     assert s.conflicts == []
+
+
+def rescaled_attention(x):
+    qkv = x * 1
+    q, k, v = qkv.split(2, dim=-1)  # SPLIT-BASE
+    qkv.mul_(2)  # WRITE-BASE
+    return q @ k.T  # USE
+
+
+def test_a_write_into_the_base_is_named_when_a_view_is_next_used():
+    """PyTorch raises where the view is next used (any op, not a write): gradguard
+    explains it as the error leaves the session, naming the earlier write into the base."""
+    x = torch.randn(3, 6, requires_grad=True)
+    with pytest.raises(RuntimeError, match="Output 1 of Split is a view and its base or "
+                       "another view of its base") as info:
+        with gradguard.detect() as s:
+            rescaled_attention(x)
+    (c,) = s.conflicts
+    note = note_of(info.value)
+    assert c.kind == "multi-output-view-inplace"
+    assert (
+        "WRITE Tensor.mul_\n"
+        f"    #0 {HERE}:{line_of('WRITE-BASE')} in rescaled_attention\n"
+        "         qkv.mul_(2)  # WRITE-BASE\n\n"
+        "TENSOR f32[3,2] cpu\n"
+        "ORIGIN view `k` of `qkv`: output 1 of split, which returns several views, made at "
+        f"{HERE}:{line_of('SPLIT-BASE')} in rescaled_attention\n"
+        "         q, k, v = qkv.split(2, dim=-1)  # SPLIT-BASE\n\n"
+        "FIX write `qkv = qkv.mul(2)` instead of `qkv.mul_(2)`, or clone it right after it is "
+        "made, before that write (`k = k.clone()`): `qkv` (or another view of it) was written "
+        "in place after `k` was made from it, and `k` is one of the views `split` returned, "
+        "which share one backward node and cannot be written in place\n\n"
+        f"SUMMARY: gradguard: multi-output-view-inplace {HERE}:{line_of('WRITE-BASE')} in "
+        "rescaled_attention (Tensor.mul_)") in note
+
+
+BASE_WRITTEN_SCRIPT = '''\
+import torch
+
+
+class Flatten(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.view(-1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.view(2, 2)
+
+
+h = torch.randn(2, 2, requires_grad=True) * 1
+flat = Flatten.apply(h)  # S-APPLY
+h[0, 0] = 0  # S-WRITE
+print(flat.sum())  # S-USE
+'''
+
+
+def test_gradguard_run_explains_a_custom_function_view_whose_base_was_written(tmp_path, capsys):
+    from gradguard._cli.main import main
+
+    script = tmp_path / "flat.py"
+    script.write_text(BASE_WRITTEN_SCRIPT)
+    assert main(["run", str(script)]) == 1
+    err = capsys.readouterr().err
+    write, made = line_of("S-WRITE", str(script)), line_of("S-APPLY", str(script))
+    assert f'File "{script}", line {line_of("S-USE", str(script))}, in <module>' in err
+    report = (
+        "WRITE Tensor.__setitem__\n"
+        f"    #0 {script}:{write} in <module>\n"
+        "         h[0, 0] = 0  # S-WRITE\n\n"
+        "TENSOR f32[4] cpu\n"
+        "ORIGIN view `flat`: output 0 of custom autograd.Function `Flatten`, a view of `h` (its "
+        "forward returned a view of an input, or an input as-is), made at "
+        f"{script}:{made} in <module>\n"
+        "         flat = Flatten.apply(h)  # S-APPLY\n")
+    assert err.count(report) == 2  # the note on the traceback, then the report at exit
+    assert err.count(f"SUMMARY: gradguard: function-view-inplace {script}:{write} in <module> "
+                     "(Tensor.__setitem__)") == 2

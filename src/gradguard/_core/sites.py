@@ -16,7 +16,7 @@ import sys
 import sysconfig
 import textwrap
 import threading
-from types import CodeType, FrameType
+from types import CodeType, FrameType, TracebackType
 from typing import Any, Callable, Optional, Tuple
 
 import torch
@@ -323,6 +323,18 @@ def live_user_frames(skip: int = 1) -> list[FrameType]:
             out.append(frame)
         frame = frame.f_back
     return out
+
+
+def traceback_user_frames(tb: Optional[TracebackType]) -> list[tuple[FrameType, int]]:
+    """The frames of the user's own code an exception passed through, innermost first,
+    each with the line it was at (for reports only: it holds frames)."""
+    out: list[tuple[FrameType, int]] = []
+    while tb is not None and len(out) < MAX_WALK:
+        code = tb.tb_frame.f_code
+        if not _is_internal(code) and not is_library_code(code):
+            out.append((tb.tb_frame, tb.tb_lineno))
+        tb = tb.tb_next
+    return out[::-1]
 
 
 @functools.lru_cache(maxsize=256)

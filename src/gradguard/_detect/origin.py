@@ -8,6 +8,8 @@ is recorded when tensors are created: all of it is asked at the error only.
 """
 from __future__ import annotations
 
+import linecache
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -16,7 +18,7 @@ import torch
 
 from gradguard._core import sites
 from gradguard._core.names import module_path
-from gradguard._findings.model import Origin
+from gradguard._findings.model import Frame, Origin
 from gradguard._findings.nodes import forward_op
 
 _HOOK_NODE = "BackwardHookFunctionBackward"
@@ -30,6 +32,7 @@ class Found:
     origin: list[Origin] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
     var: Optional[str] = None  # the user's variable for the tensor, when that names it best
+    write: Optional[Frame] = None  # the earlier write into the view's base, when found
 
 
 def _find(frames: list, source: str,
@@ -123,8 +126,10 @@ def view(kind: str, t: torch.Tensor, frames: list, source: str, message: str) ->
     that made it, the op (or hook) behind it and its base; ``message`` is PyTorch's error
     (it says whether the base was written first, and which node made the view)."""
     base = t._base if t._is_view() else None
-    var, frame = _find(frames, source, lambda v: v is t or (
-        base is not None and v._is_view() and v._base is base))
+    var, frame = _find(frames, source, lambda v: v is t)
+    if var is None:  # written through a temporary view of it (`a[0] = 3`): its base's views
+        var, frame = _find(frames, source, lambda v: (
+            base is not None and v._is_view() and v._base is base))
     value = frame.f_locals[var] if var is not None else t
     made = sites.assignment_of(frame, var) if var is not None else None
     base_var = None
@@ -157,7 +162,64 @@ def view(kind: str, t: torch.Tensor, frames: list, source: str, message: str) ->
         what = (f"{name}: output {nr} of custom autograd.Function `{fn}`, a view"
                 + (f" of `{base_var}`" if base_var else "")
                 + " (its forward returned a view of an input, or an input as-is)")
-    return Found([Origin(what, made)], facts)
+    found = Found([Origin(what, made)], facts)
+    if base_written and frame is not None and made is not None:
+        views = [v for v, value in frame.f_locals.items() if isinstance(value, torch.Tensor)
+                 and value is not t and base is not None and value._is_view()
+                 and value._base is base]
+        hit = _earlier_write(frame, [n for n in (base_var, *views) if n], made.line)
+        if hit is not None:
+            facts["write_op"], found.write = hit
+            facts["write_source"] = found.write.source
+    return found
+
+
+_BASE_WRITTEN = "its base or another view of its base has been modified inplace"
+
+
+def refused_view(frames: list, source: str, message: str) -> Optional[torch.Tensor]:
+    """The view PyTorch refused to use because its base was written in place after it was
+    made: the tensor in the user's ``frames`` whose ``grad_fn`` cannot be read for that
+    reason (the output PyTorch's ``message`` numbers, preferring a name the raising line
+    spells)."""
+    def refused(v: torch.Tensor) -> bool:
+        if not v._is_view():
+            return False
+        try:
+            _ = v.grad_fn
+        except RuntimeError as exc:
+            return _BASE_WRITTEN in str(exc)
+        return False
+
+    m = re.match(r"Output (\d+) of", message)
+    var, frame = _find(frames, source, lambda v: refused(v) and m is not None
+                       and v.output_nr == int(m.group(1)))
+    if var is None:
+        var, frame = _find(frames, source, refused)
+    return frame.f_locals[var] if var is not None else None
+
+
+def _earlier_write(frame: Any, names: list[str], made: int) -> Optional[tuple[str, Frame]]:
+    """(op, line) of the first in-place write to one of ``names`` in ``frame``'s source
+    after line ``made`` and before the line it is at: ``qkv.mul_(2)``, ``qkv += 1``,
+    ``qkv[0] = 0``. Read from the source, at the error only."""
+    code = frame.f_code
+    for line in range(made + 1, frame.f_lineno):
+        text = linecache.getline(code.co_filename, line).split("#", 1)[0]
+        for name in names:
+            n = re.escape(name)
+            aug = re.match(rf"^\s*{n}\s*(\*\*|//|<<|>>|[-+*/%&|^@])=(?!=)", text)
+            op = (aug.group(1) + "=" if aug else
+                  "Tensor.__setitem__" if re.match(rf"^\s*{n}\[.*\]\s*=(?!=)", text) else None)
+            method = re.search(rf"(?<![\w.]){n}(?:\[[^\]]*\])?\.([a-z]\w*_)\(", text)
+            if op is None and method is not None:
+                op = f"Tensor.{method.group(1)}"
+            if op is not None:
+                path = os.path.abspath(code.co_filename)
+                return op, Frame(path, line, getattr(code, "co_qualname", code.co_name),
+                                 linecache.getline(code.co_filename, line).strip(),
+                                 library=sites.is_library_file(path))
+    return None
 
 
 def out_target(args: tuple, frames: list, source: str) -> tuple[Optional[torch.Tensor], Found]:

@@ -37,7 +37,7 @@ from gradguard._core.registry import (
     has_bytes,
     storage_key,
 )
-from gradguard._core.runtime import new_record, runtime
+from gradguard._core.runtime import WRITE_ERRORS, new_record, runtime
 from gradguard._core.session import Session
 from gradguard._detect import origin
 from gradguard._detect.graph import capture as capture_graph
@@ -571,14 +571,46 @@ class DetectSession(Session):
                       write_op=op, write_source=source or None,
                       pytorch_error=message.splitlines()[0] if message else "",
                       **found.facts)
-        entry = catalogue_kind(kind)
-        conflict = Conflict(kind=kind, write=mutation, tensor=tensor, fix=entry.fix(facts),
-                            detail=entry.detail(facts), origin=found.origin)
+        self._explain(exc, facts, mutation, tensor, found.origin)
+
+    def _explain(self, exc: BaseException, facts: Facts, write: Optional[Mutation],
+                 tensor: Optional[TensorInfo], found_origin: list) -> None:
+        """Record PyTorch's own error as a finding, and add its report to the error."""
+        entry = catalogue_kind(facts.kind)
+        conflict = Conflict(kind=facts.kind, write=write, tensor=tensor, fix=entry.fix(facts),
+                            detail=entry.detail(facts), origin=found_origin)
         self._record(conflict)
         from gradguard._explain.text import render_text
 
         if hasattr(exc, "add_note"):
             exc.add_note("\n" + render_text([conflict], ()))
+
+    def on_exception(self, exc: BaseException) -> None:
+        """PyTorch's error for a view from split/chunk/unbind (or a custom Function) whose
+        base was written in place after the view was made: raised where the view is next
+        used, by any op (no write to intercept there), so explained as it leaves the
+        session: the view, the line that made it and the write into its base."""
+        message = str(exc)
+        if (not isinstance(exc, RuntimeError) or origin._BASE_WRITTEN not in message
+                or any("==== gradguard:" in n for n in getattr(exc, "__notes__", ()))):
+            return
+        kind = next((k for needle, k in WRITE_ERRORS if needle in message), None)
+        if kind not in ("multi-output-view-inplace", "function-view-inplace"):
+            return
+        frames = [f for f, _ in sites.traceback_user_frames(exc.__traceback__)]
+        stack = sites.resolve(tuple((f.f_code, f.f_lasti) for f in frames))
+        source = stack[0].source if stack else ""
+        view = origin.refused_view(frames, source, message)
+        if view is None:
+            return
+        tensor = TensorInfo(dtype=str(view.dtype), shape=_shape(view), device=str(view.device))
+        found = origin.view(kind, view, frames, source, message)
+        write = found.write
+        mutation = (Mutation(op=found.facts.get("write_op") or "?", stack=[write])
+                    if write is not None else None)
+        facts = Facts(kind=kind, what=f"`{found.facts.get('view')}`",
+                      pytorch_error=message.splitlines()[0], **found.facts)
+        self._explain(exc, facts, mutation, tensor, found.origin)
 
     # -- coverage beyond save_for_backward --------------------------------------------------
     def on_function_applied(self, cls: type, out: Any) -> None:

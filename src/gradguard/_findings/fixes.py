@@ -140,14 +140,16 @@ def without_out(src: str) -> Optional[str]:
     return f"{out.group(1)} = {m.group(1)}({rest})"
 
 
-def clone_where_made(var: str, made: Optional[str]) -> str:
+def clone_where_made(var: str, made: Optional[str], before_write: bool = False) -> str:
     """How to clone ``var`` where it is made: ``y = lin(x).clone()`` for a one-name
-    assignment line ``y = lin(x)``, else ``var = var.clone()`` before the write."""
+    assignment line ``y = lin(x)``, else ``var = var.clone()`` before writing it (or, with
+    ``before_write``, right after it is made: before a write into its base)."""
     src = _strip_comment(made or "")
     m = re.match(rf"^{re.escape(var)}\s*=(?!=)\s*(.+)$", src)
     if m:
         return f"clone it where it is made (`{var} = {m.group(1)}.clone()`)"
-    return f"clone it before writing (`{var} = {var}.clone()`)"
+    when = "right after it is made, before that write" if before_write else "before writing"
+    return f"clone it {when} (`{var} = {var}.clone()`)"
 
 
 def for_leaf_view_write(op: str, source: Optional[str], what: str) -> Optional[str]:

@@ -177,8 +177,12 @@ def _view_fix(f: Facts, why: str, also: Optional[str] = None) -> str:
         clone = f"{clone}, or {also}"
     if f.base_written:
         base = f"`{f.base}`" if f.base else "its base"
-        return (f"{base} (or another view of it) was written in place after `{f.view}` was "
-                f"made from it, and {why}: make that earlier write out of place, or {clone}")
+        head = (fixes.for_write(f.write_op, f.write_source, via_optimizer=False, alias=None,
+                                backward_source=None, saver_op=None)
+                if f.write_op else "make that write out of place")
+        clone = fixes.clone_where_made(f.view or "x", f.view_source, before_write=True)
+        return (f"{head}, or {clone}: {base} (or another view of it) was written in place "
+                f"after `{f.view}` was made from it, and {why}")
     if (f.write_op or "").endswith("__setitem__"):
         return f"{clone}, or build the new value out of place: {why}"
     write = fixes.for_write(f.write_op or "", f.write_source, via_optimizer=False, alias=None,
