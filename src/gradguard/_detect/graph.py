@@ -20,6 +20,7 @@ from gradguard._explain.picture import (
     HIGHLIGHT,
     MAX_NEIGHBOURS,
     GraphBuilder,
+    origin_nodes,
     saver_detail,
     tensor_node,
     write_node,
@@ -195,6 +196,7 @@ def _capture(node: Any, rec: Any, c: Conflict) -> dict[str, Any]:
     b = _CaptureBuilder()
     tid = tensor_node(b, c)
     write_node(b, c, tid)
+    origin_nodes(b, c, tid)
     saver = b.autograd(node, "saver", saver_detail(c))
     producer, is_output = _producer(node, rec)
     parents = _parents([node, producer])
