@@ -128,8 +128,8 @@ def test_draw_without_a_backward_uses_the_conflicts_own_fields(tmp_path):
     assert conflict.graph is None
     picture = next(iter(_parse(session.draw(tmp_path / "w.svg", engine="python")).values()))
     assert _by_role(picture, "write")[0][0] == "write: Tensor.add_"
-    (saver,) = _by_role(picture, "saver")  # which op saved it is known only in backward
-    assert saver[0] == "saving op" and f"{HERE}:{line_of('SAVE-exp')}" in saver
+    (saver,) = _by_role(picture, "saver")  # found in the graph at the write
+    assert saver[0] == "ExpBackward0" and f"{HERE}:{line_of('SAVE-exp')}" in saver
     assert _by_role(picture, "producer") == [["ExpBackward0"]]
     assert len(picture["edges"]) == 3
 
@@ -166,3 +166,45 @@ def test_draw_with_no_conflicts_says_so(tmp_path):
         torch.randn(2, requires_grad=True).exp().sum().backward()
     root = ET.parse(session.draw(tmp_path / "none.svg")).getroot()
     assert [t.text for t in root.iter(f"{SVG}text")] == ["gradguard: no conflicts"]
+
+
+def _split_conflict():
+    x = torch.randn(3, 6, requires_grad=True)
+    with gradguard.detect() as session:
+        with pytest.raises(RuntimeError, match="Output 0 of Split"):
+            qkv = x * 1
+            q, k, v = qkv.split(2, dim=-1)  # SPLIT-graph
+            q.mul_(0.5)
+    return session
+
+
+def test_the_picture_shows_where_the_tensor_came_from(tmp_path):
+    session = _split_conflict()
+    line = line_of("SPLIT-graph")
+    picture = next(iter(_parse(session.draw(tmp_path / "o.svg", engine="python")).values()))
+    (origin,) = _by_role(picture, "origin")
+    assert origin == ["view `q` of `qkv`: output 0 of split, which", "returns several views",
+                      f"{HERE}:{line}", "q, k, v = qkv.split(2, dim=-1)  # SPLIT-graph"]
+    (tensor,) = [nid for nid, (role, _, _) in picture["nodes"].items() if role == "tensor"]
+    (made,) = [nid for nid, (role, _, _) in picture["nodes"].items() if role == "origin"]
+    assert (made.split("-")[-1], tensor.split("-")[-1], "data") in {
+        (s.split("-")[-1], d.split("-")[-1], r) for s, d, r in picture["edges"]}
+    dot = session.draw(tmp_path / "o.dot").read_text()
+    assert ('[label="view `q` of `qkv`: output 0 of split, which\\nreturns several views\\n'
+            f'{HERE}:{line}\\nq, k, v = qkv.split(2, dim=-1)  # SPLIT-graph", '
+            'fillcolor="#f3e5f5"') in dot
+    assert 'label="made"' in dot
+
+
+def test_a_view_of_a_leaf_chains_its_origin_steps(tmp_path):
+    with gradguard.detect() as session:
+        w = torch.randn(4, requires_grad=True)  # LEAF-graph
+        head = w[:2]  # HEAD-graph
+        with pytest.raises(RuntimeError, match="a view of a leaf Variable"):
+            head.mul_(2)
+    picture = next(iter(_parse(session.draw(tmp_path / "l.svg", engine="python")).values()))
+    assert [texts[:2] for texts in _by_role(picture, "origin")] == [
+        ["view `head` of leaf `w`", f"{HERE}:{line_of('HEAD-graph')}"],
+        ["leaf `w` (requires grad)", f"{HERE}:{line_of('LEAF-graph')}"]]
+    dot = session.draw(tmp_path / "l.dot").read_text()
+    assert 'label="from"' in dot  # the leaf -> the view -> the written tensor

@@ -126,3 +126,38 @@ def test_html_escapes_source_text(tmp_path):
         y.sum().backward()
     text = write_html(session, tmp_path / "e.html").read_text()
     assert "&quot;&lt;b&gt;&quot;" in text and '"<b>"' not in text
+
+
+def test_html_shows_the_origin_lines_and_the_writes_timeline(tmp_path):
+    x = torch.randn(4, requires_grad=True)
+    with gradguard.detect(on_conflict="record") as session:
+        w = torch.randn(3, requires_grad=True)  # LEAF-html
+        with pytest.raises(RuntimeError, match="a leaf Variable"):
+            w += 1
+        big = x * 1
+        y = big.pow(2)  # SAVE-twice
+        big *= 2  # WRITE-1
+        big *= 3  # WRITE-2
+        with pytest.raises(gradguard.InplaceConflictError):
+            y.sum().backward()
+    leaf, twice = session.conflicts
+    text = write_html(session, tmp_path / "report.html").read_text()
+    page = _Page()
+    page.feed(text)
+    first, second = page.sections
+    line = line_of("LEAF-html")
+    rows = [(n, hit) for tab, n, hit, _ in first["rows"] if tab == "code origin"]
+    assert [n for n, hit in rows if hit] == [line]
+    assert ("<h3>Origin: leaf `w` (requires grad): "
+            f"<code>{HERE}:{line}</code> in <code>"
+            "test_html_shows_the_origin_lines_and_the_writes_timeline</code></h3>") in text
+    one, two = line_of("WRITE-1"), line_of("WRITE-2")
+    fn = "test_html_shows_the_origin_lines_and_the_writes_timeline"
+    assert ('<h3>Writes: 2 writes overlapped the saved bytes, in order</h3><ol class="writes">'
+            f"<li><code>*=</code> at <code>{HERE}:{one}</code> in <code>{fn}</code> (version 1 "
+            "after it; the write this report names)<br><code class=\"source\">big *= 2  "
+            "# WRITE-1</code></li>"
+            f"<li><code>*=</code> at <code>{HERE}:{two}</code> in <code>{fn}</code> (version 2 "
+            "after it)<br><code class=\"source\">big *= 3  # WRITE-2</code></li></ol>") in text
+    assert second["pre"] == render_conflict(twice)
+    assert "Writes:" not in text[:text.index('id="conflict-2"')]  # one write: no timeline

@@ -284,7 +284,8 @@ class Family:
         self.dir = tempfile.mkdtemp(prefix="gradguard-children-")
         self._saved_env = os.environ.get(ENV_VAR)
         options = {k: getattr(self.options, k) for k in
-                   ("mode", "on_conflict", "checksum", "max_stack", "json", "quiet", "color")}
+                   ("mode", "on_conflict", "when", "checksum", "max_stack", "json", "quiet",
+                    "color")}
         os.environ[ENV_VAR] = json.dumps({"format": _FORMAT, "dir": self.dir,
                                           "parent": os.getpid(), "options": options})
         watch_launches(self.dir)

@@ -51,9 +51,11 @@ class Target:
         return self
 
     # -- running ----------------------------------------------------------------------
-    def run(self, before: Callable[[], Any] = lambda: None) -> int:
+    def run(self, before: Callable[[], Any] = lambda: None,
+            failed: Callable[[BaseException], Any] = lambda exc: None) -> int:
         """Run the target; return its exit code. ``before`` runs just before the target's
-        first line (after its ``sys.argv``/``sys.path`` are in place)."""
+        first line (after its ``sys.argv``/``sys.path`` are in place); ``failed`` with the
+        target's uncaught exception, before its traceback is printed."""
         saved_argv, saved_path = sys.argv[:], sys.path[:]
         try:
             if self.module is not None:
@@ -64,7 +66,7 @@ class Target:
                 if os.path.isfile(self.path):  # run_path puts a directory or zip there itself
                     sys.path[0:1] = [os.path.dirname(os.path.realpath(self.path))]
             before()
-            return _execute(self)
+            return _execute(self, failed)
         finally:
             sys.argv = saved_argv
             sys.path[:] = saved_path
@@ -110,7 +112,7 @@ def _module_origin(name: str) -> str:
     return spec.origin or name
 
 
-def _execute(target: Target) -> int:
+def _execute(target: Target, failed: Callable[[BaseException], Any] = lambda exc: None) -> int:
     """Run the target under Python's exit-code rules. This frame is the boundary between
     the launcher and the user's program: stack walks stop here (see `sites.mark_internal`)."""
     try:
@@ -123,6 +125,7 @@ def _execute(target: Target) -> int:
     except SystemExit as exc:
         return exit_code_of(exc)
     except BaseException as exc:  # the target's own error: its traceback, as Python prints it
+        failed(exc)
         print_exception(exc, _short_message(exc))
         return 130 if isinstance(exc, KeyboardInterrupt) else 1
     return 0

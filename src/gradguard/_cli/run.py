@@ -324,7 +324,7 @@ def execute(options: RunOptions, target: _launch.Target,
     code = 1
     try:
         with family, session:
-            code = target.run()
+            code = target.run(failed=session.on_exception)
     finally:
         if os.getpid() == pid:  # not in a forked child that unwound through here
             _note_compiled_regions(session, compiled_before)

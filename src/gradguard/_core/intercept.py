@@ -106,7 +106,9 @@ def _make_wrapper(orig: Callable, op: str, targets: Callable, whole: bool,
         try:
             result = orig(*args, **kwargs)
         except BaseException as exc:
-            listener.write_failed(token, op, exc if isinstance(exc, RuntimeError) else None, args)
+            # The written tensors first (an ``out=`` tensor is a keyword), then the inputs.
+            listener.write_failed(token, op, exc if isinstance(exc, RuntimeError) else None,
+                                  (*targets(args, kwargs), *args) if only_with_out else args)
             raise
         if token is not None:
             listener.after_write(token)

@@ -37,6 +37,9 @@ WRITE_ERRORS = (
     ("This view is the output of a function that returns multiple views",
      "multi-output-view-inplace"),
     ("Inplace update to inference tensor outside InferenceMode", "inference-tensor-inplace"),
+    ("This view was created inside a custom Function", "function-view-inplace"),
+    ("functions with out=... arguments don't support automatic differentiation",
+     "out-requires-grad"),
 )
 
 

@@ -56,6 +56,11 @@ class Session:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
+        if isinstance(exc_info[1], Exception):
+            try:
+                self.on_exception(exc_info[1])
+            except Exception as exc:  # noqa: BLE001 - the user's exception goes on as it was
+                runtime.internal_error("an exception leaving the session", exc)
         if self.saves:
             self._hooks.pop().__exit__(*exc_info)
         runtime.release(self)
@@ -127,7 +132,13 @@ class Session:
 
     def on_write_error(self, kind: str, op: str, exc: BaseException, args: tuple) -> None:
         """PyTorch raised one of its own in-place errors at a write (kinds in
-        `gradguard._core.runtime.WRITE_ERRORS`); the innermost session is told."""
+        `gradguard._core.runtime.WRITE_ERRORS`); the innermost session is told. ``args``:
+        the call's positional arguments, after the ``out=`` tensors for an ``out=`` call."""
+
+    def on_exception(self, exc: BaseException) -> None:
+        """``exc`` is leaving the session's extent (its ``with`` block, its decorated
+        function, the target of ``gradguard run``), raised where no write was intercepted.
+        Never changes it, but may add a note."""
 
     def on_function_applied(self, cls: type, output: Any) -> None:
         """A custom ``autograd.Function`` subclass ``cls`` returned ``output`` (grad mode)."""

@@ -16,7 +16,7 @@ import sys
 import sysconfig
 import textwrap
 import threading
-from types import CodeType, FrameType
+from types import CodeType, FrameType, TracebackType
 from typing import Any, Callable, Optional, Tuple
 
 import torch
@@ -426,10 +426,22 @@ def live_user_frames(skip: int = 1) -> list[FrameType]:
     return out
 
 
+def traceback_user_frames(tb: Optional[TracebackType]) -> list[tuple[FrameType, int]]:
+    """The frames of the user's own code an exception passed through, innermost first,
+    each with the line it was at (for reports only: it holds frames)."""
+    out: list[tuple[FrameType, int]] = []
+    while tb is not None and len(out) < MAX_WALK:
+        code = tb.tb_frame.f_code
+        if not _is_internal(code) and not is_library_code(code):
+            out.append((tb.tb_frame, tb.tb_lineno))
+        tb = tb.tb_next
+    return out[::-1]
+
+
 @functools.lru_cache(maxsize=256)
 def _assignments(code: CodeType) -> tuple[tuple[str, int], ...]:
-    """(name, line) of every plain assignment to a name in ``code``'s source (the whole
-    file for module-level code), in source order."""
+    """(name, line) of every plain assignment to a name (and every ``for`` loop variable)
+    in ``code``'s source (the whole file for module-level code), in source order."""
     try:
         if code.co_name == "<module>":
             text, first = "".join(linecache.getlines(code.co_filename)), 1
@@ -440,7 +452,8 @@ def _assignments(code: CodeType) -> tuple[tuple[str, int], ...]:
     except (OSError, TypeError, SyntaxError, IndentationError):
         return ()
     found = [(item.id, first + getattr(node, "lineno", 1) - 1)
-             for node, item in _assigned(tree, (ast.AnnAssign, ast.NamedExpr))
+             for node, item in _assigned(tree, (ast.AnnAssign, ast.NamedExpr, ast.For,
+                                                   ast.AsyncFor))
              if isinstance(item, ast.Name)]
     return tuple(sorted(found, key=lambda pair: pair[1]))
 
@@ -456,8 +469,18 @@ def _assigned(tree: ast.AST, single: tuple) -> list[tuple[ast.AST, ast.AST]]:
         elif isinstance(node, single):
             targets = [node.target]
         for target in targets:
-            out.extend((node, item) for item in ast.walk(target))
+            out.extend((node, item) for item in _bound(target))
     return out
+
+
+def _bound(target: ast.AST) -> list[ast.AST]:
+    """The names and attributes an assignment target binds: ``a``, ``a, (b, *c)``,
+    ``ctx.x``; not the ``a`` of ``a[0] = v`` (a write into ``a``, not a new ``a``)."""
+    if isinstance(target, (ast.Tuple, ast.List)):
+        return [item for element in target.elts for item in _bound(element)]
+    if isinstance(target, ast.Starred):
+        return _bound(target.value)
+    return [target] if isinstance(target, (ast.Name, ast.Attribute)) else []
 
 
 def assignment_of(frame: FrameType, name: str) -> Optional[Frame]:

@@ -14,11 +14,13 @@ import threading
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
+from torch.autograd.function import BackwardCFunction
 
 from gradguard._explain.picture import (
     HIGHLIGHT,
     MAX_NEIGHBOURS,
     GraphBuilder,
+    origin_nodes,
     saver_detail,
     tensor_node,
     write_node,
@@ -194,6 +196,7 @@ def _capture(node: Any, rec: Any, c: Conflict) -> dict[str, Any]:
     b = _CaptureBuilder()
     tid = tensor_node(b, c)
     write_node(b, c, tid)
+    origin_nodes(b, c, tid)
     saver = b.autograd(node, "saver", saver_detail(c))
     producer, is_output = _producer(node, rec)
     parents = _parents([node, producer])
@@ -216,3 +219,68 @@ def _capture(node: Any, rec: Any, c: Conflict) -> dict[str, Any]:
     return b.graph()
 
 
+
+
+MAX_SEARCH = 5_000  # autograd nodes walked to find the saver at a write (when="write")
+
+
+def saving_node(rec: Any, frames: Sequence[Any]) -> Optional[str]:
+    """The name of the backward node that saved ``rec``'s tensor, asked at a write under
+    ``when="write"`` (no backward runs yet to say it): the nodes reachable from the
+    tensors in the user's live ``frames`` (and the saved tensor's own node, for a saved
+    output) are searched for the one whose saved tensor *is* the record's. Only when a
+    conflict is built, never on the hot path; None when not found. Never raises."""
+    try:
+        return _saving_node(rec, frames)
+    except Exception:  # noqa: BLE001 - the report goes out with "an earlier op"
+        return None
+
+
+def _saving_node(rec: Any, frames: Sequence[Any]) -> Optional[str]:
+    stack = [value.grad_fn for frame in frames for value in frame.f_locals.values()
+             if isinstance(value, torch.Tensor) and value.grad_fn is not None]
+    seen: set[int] = set()
+    while stack and len(seen) < MAX_SEARCH:
+        fn = stack.pop()
+        if id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        if any(v is rec.tensor for v in _saved_values(fn)):
+            return str(fn.name())
+        stack.extend(child for child, _ in fn.next_functions if child is not None)
+    # An op that saved its own output (sigmoid, tanh, exp): unpacking hands back a new
+    # tensor object (with the node as grad_fn) on the same bytes.
+    original = rec.source[0]() if rec.source is not None else None
+    own = original.grad_fn if original is not None else None
+    if own is not None and any(_same_tensor(v, rec.tensor) for v in _saved_values(own, "result")):
+        return str(own.name())
+    return None
+
+
+_SAVED_ATTRS: dict[type, tuple[str, ...]] = {}
+
+
+def _saved_values(fn: Any, prefix: str = "") -> list[Any]:
+    """The tensors node ``fn`` saved (those named ``_saved_<prefix>...``), unpacked
+    through gradguard's hook (which hands back the tensor it kept)."""
+    names = _SAVED_ATTRS.get(type(fn))
+    if names is None:
+        # `_raw_saved_<name>` marks each saved tensor; `_saved_<name>` unpacks it.
+        names = _SAVED_ATTRS[type(fn)] = (
+            ("saved_tensors",) if isinstance(fn, BackwardCFunction) else
+            tuple(a[len("_raw"):] for a in dir(fn) if a.startswith("_raw_saved_")))
+    out: list[Any] = []
+    for name in names:
+        if not name.startswith(f"_saved_{prefix}") and name != "saved_tensors":
+            continue
+        try:
+            value = getattr(fn, name)
+        except Exception:  # noqa: BLE001, S112 - freed, or damaged: not the one asked for
+            continue
+        out.extend(value if isinstance(value, (tuple, list)) else (value,))
+    return out
+
+
+def _same_tensor(a: Any, b: torch.Tensor) -> bool:
+    return (isinstance(a, torch.Tensor) and a.data_ptr() == b.data_ptr()
+            and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype)

@@ -37,13 +37,15 @@ from gradguard._core.registry import (
     has_bytes,
     storage_key,
 )
-from gradguard._core.runtime import new_record, runtime
+from gradguard._core.runtime import WRITE_ERRORS, new_record, runtime
 from gradguard._core.session import Session
 from gradguard._core.sites import capture_save
+from gradguard._detect import origin
 from gradguard._detect.graph import capture as capture_graph
+from gradguard._detect.graph import saving_node
 from gradguard._findings.kinds import Facts
 from gradguard._findings.kinds import kind as catalogue_kind
-from gradguard._findings.model import Conflict, Mutation, Origin, SavedBy, TensorInfo
+from gradguard._findings.model import Conflict, Mutation, SavedBy, TensorInfo
 from gradguard._findings.nodes import forward_op
 from gradguard.errors import GradguardError, InplaceConflictError, InplaceConflictWarning
 
@@ -396,6 +398,9 @@ class DetectSession(Session):
                           if fatal else None)
             return
 
+        if pending is not None and rec.kind == "saved":
+            # At the write no backward node is running to say who saved it: search for it.
+            node_name = saving_node(rec, sites.live_user_frames(2))
         saver_op = rec.label or forward_op(node_name)
         saved = SavedBy(op=saver_op, node=node_name, stack=sites.resolve(rec.stack))
         ctx_line = None
@@ -566,31 +571,70 @@ class DetectSession(Session):
         stack, _ = sites.capture(3, self.max_stack, sites.MAX_WALK)
         mutation = Mutation(op=op, stack=sites.resolve(stack))
         t = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        source = mutation.user_site.source if mutation.user_site else ""
+        message = str(exc)
+        found = origin.Found()
+        try:
+            frames = sites.live_user_frames(2)
+            if kind == "out-requires-grad":
+                t, found = origin.out_target(args, frames, source)
+            elif t is not None and kind in ("leaf-inplace", "leaf-view-inplace"):
+                found.origin = origin.leaf(t, module_path(t)[0], frames, source)
+            elif t is not None and kind in ("multi-output-view-inplace", "function-view-inplace"):
+                found = origin.view(kind, t, frames, source, message)
+        except Exception as err:  # noqa: BLE001 - the report goes out without it
+            runtime.internal_error("where a tensor PyTorch refused to write came from", err)
         tensor = None
         name = None
         if t is not None:
             name, is_param = module_path(t)
             tensor = TensorInfo(dtype=str(t.dtype), shape=_shape(t), device=str(t.device),
                                 name=name, is_parameter=is_param)
-        facts = Facts(kind=kind, what=f"`{name}`" if name else (tensor.short() if tensor else ""),
-                      write_op=op,
-                      write_source=mutation.user_site.source if mutation.user_site else None,
-                      pytorch_error=str(exc).splitlines()[0])
-        entry = catalogue_kind(kind)
-        conflict = Conflict(kind=kind, write=mutation, tensor=tensor, fix=entry.fix(facts),
-                            detail=entry.detail(facts))
-        if t is not None and kind in ("leaf-inplace", "leaf-view-inplace"):
-            try:
-                conflict.origin = _origin(t, name, sites.live_user_frames(2),
-                                          mutation.user_site.source if mutation.user_site
-                                          else "")
-            except Exception as err:  # noqa: BLE001 - the report goes out without it
-                runtime.internal_error("where a written leaf came from", err)
+        what = name or found.var
+        facts = Facts(kind=kind, what=f"`{what}`" if what else (tensor.short() if tensor else ""),
+                      write_op=op, write_source=source or None,
+                      pytorch_error=message.splitlines()[0] if message else "",
+                      **found.facts)
+        self._explain(exc, facts, mutation, tensor, found.origin)
+
+    def _explain(self, exc: BaseException, facts: Facts, write: Optional[Mutation],
+                 tensor: Optional[TensorInfo], found_origin: list) -> None:
+        """Record PyTorch's own error as a finding, and add its report to the error."""
+        entry = catalogue_kind(facts.kind)
+        conflict = Conflict(kind=facts.kind, write=write, tensor=tensor, fix=entry.fix(facts),
+                            detail=entry.detail(facts), origin=found_origin)
         self._record(conflict)
         from gradguard._explain.text import render_text
 
         if hasattr(exc, "add_note"):
             exc.add_note("\n" + render_text([conflict], ()))
+
+    def on_exception(self, exc: BaseException) -> None:
+        """PyTorch's error for a view from split/chunk/unbind (or a custom Function) whose
+        base was written in place after the view was made: raised where the view is next
+        used, by any op (no write to intercept there), so explained as it leaves the
+        session: the view, the line that made it and the write into its base."""
+        message = str(exc)
+        if (not isinstance(exc, RuntimeError) or origin._BASE_WRITTEN not in message
+                or any("==== gradguard:" in n for n in getattr(exc, "__notes__", ()))):
+            return
+        kind = next((k for needle, k in WRITE_ERRORS if needle in message), None)
+        if kind not in ("multi-output-view-inplace", "function-view-inplace"):
+            return
+        frames = [f for f, _ in sites.traceback_user_frames(exc.__traceback__)]
+        stack = sites.resolve(tuple((f.f_code, f.f_lasti) for f in frames))
+        source = stack[0].source if stack else ""
+        view = origin.refused_view(frames, source, message)
+        if view is None:
+            return
+        tensor = TensorInfo(dtype=str(view.dtype), shape=_shape(view), device=str(view.device))
+        found = origin.view(kind, view, frames, source, message)
+        write = found.write
+        mutation = (Mutation(op=found.facts.get("write_op") or "?", stack=[write])
+                    if write is not None else None)
+        facts = Facts(kind=kind, what=f"`{found.facts.get('view')}`",
+                      pytorch_error=message.splitlines()[0], **found.facts)
+        self._explain(exc, facts, mutation, tensor, found.origin)
 
     # -- coverage beyond save_for_backward --------------------------------------------------
     def on_function_applied(self, cls: type, out: Any) -> None:
@@ -675,50 +719,6 @@ class DetectSession(Session):
         with self._lock:
             if text not in self.coverage_gaps:
                 self.coverage_gaps.append(text)
-
-
-def _origin(t: torch.Tensor, name: Optional[str], frames: list,
-            source: str) -> list[Origin]:
-    """Where the written leaf (or view of a leaf) came from: the view it was written
-    through and the line that made it, back to the parameter, or the leaf's creation
-    line; found in the live user frames' locals and their source, at the error only."""
-    base = t._base if t._is_view() else None
-    root_name = name if base is None else module_path(base)[0]
-    if root_name is None and base is not None:
-        root_name = name
-
-    def find(match: Callable[[torch.Tensor], bool]) -> tuple[Optional[str], Any]:
-        """(variable, frame) of the innermost frame holding a tensor that matches
-        (preferring a name the writing line spells)."""
-        for frame in frames:
-            names = [var for var, value in frame.f_locals.items()
-                     if isinstance(value, torch.Tensor) and match(value)]
-            if names:
-                spelled = [var for var in names if re.search(rf"\b{re.escape(var)}\b", source)]
-                return (spelled or names)[0], frame
-        return None, None
-
-    root_what = (f"parameter `{root_name}`" if root_name else None)
-    out: list[Origin] = []
-    if base is not None:
-        var, frame = find(lambda v: v is t or (v._is_view() and v._base is base))
-        made = sites.assignment_of(frame, var) if var is not None else None
-        leaf_var = None
-        if root_what is None:
-            leaf_var, leaf_frame = find(lambda v: v is base)
-            root_what = f"leaf `{leaf_var}`" if leaf_var else "a leaf that requires grad"
-        out.append(Origin(f"view `{var}` of {root_what}" if var else f"view of {root_what}",
-                          made))
-        if leaf_var is not None:
-            out.append(Origin(f"leaf `{leaf_var}` (requires grad)",
-                              sites.assignment_of(leaf_frame, leaf_var)))
-        return out
-    if root_what is not None:
-        return [Origin(root_what)]
-    var, frame = find(lambda v: v is t)
-    if var is None:
-        return []
-    return [Origin(f"leaf `{var}` (requires grad)", sites.assignment_of(frame, var))]
 
 
 def _record_kind(rec: SavedRecord) -> str:

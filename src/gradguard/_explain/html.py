@@ -1,7 +1,8 @@
 """The HTML report: one self-contained page (no scripts, no external files).
 
 For each conflict: its text report (the same text as ``session.report()``), the source
-around the write line and the save line, and its picture (inline SVG from
+around the write line, the save line and each ORIGIN line, the WRITES timeline when more
+than one write overlapped the saved bytes, and its picture (inline SVG from
 `gradguard._explain.picture`). Then the coverage gaps. ``write_html(session, path)`` is what
 ``gradguard run --html PATH`` calls.
 """
@@ -60,6 +61,24 @@ def _code_block(title: str, frame: Optional[Frame], css_class: str) -> str:
     return f'{head}<table class="code {css_class}">{body}</table>'
 
 
+def _writes(c: Conflict) -> str:
+    """The WRITES timeline (every write that overlapped the saved bytes, in order), when
+    there was more than one."""
+    if len(c.writes) < 2:
+        return ""
+    items = []
+    for w in c.writes:
+        site = w.site
+        where = (f" at <code>{html.escape(site.file)}:{site.line}</code> in "
+                 f"<code>{html.escape(site.function)}</code>" if site else "")
+        note = f" ({html.escape(w.note)})" if w.note else ""
+        source = (f'<br><code class="source">{html.escape(site.source)}</code>'
+                  if site is not None and site.source else "")
+        items.append(f"<li><code>{html.escape(w.op)}</code>{where}{note}{source}</li>")
+    return (f"<h3>Writes: {len(c.writes)} writes overlapped the saved bytes, in order</h3>"
+            f'<ol class="writes">{"".join(items)}</ol>')
+
+
 def render_html(conflicts: Sequence[Conflict], gaps: Sequence[str] = (),
                 title: str = "gradguard report") -> str:
     from gradguard._explain.picture import render_svg
@@ -85,6 +104,9 @@ def render_html(conflicts: Sequence[Conflict], gaps: Sequence[str] = (),
         out.append(f'<p class="fix"><b>Fix:</b> {html.escape(c.fix)}</p>')
         out.append(_code_block("Write", c.write.user_site if c.write else None, "write"))
         out.append(_code_block("Saved", c.saved.user_site if c.saved else None, "saved"))
+        out.extend(_code_block(f"Origin: {o.what}", o.site, "origin") for o in c.origin
+                   if o.site is not None)
+        out.append(_writes(c))
         svg = render_svg([c], prefix=f"c{i}-")
         out.append(f'<h3>Picture</h3><div class="picture">{svg}</div>')
         out.append(f'<h3>Report</h3><pre class="report">{html.escape(render_conflict(c))}</pre>')

@@ -16,13 +16,15 @@ Graph dict schema: ``{"nodes": [{"id", "label", "detail": [str, ...], "role"}],
 "edges": [{"src", "dst", "label", "role", "back"}]}``. Roles: ``saver`` (the backward node
 that needed the tensor; highlighted), ``tensor`` (the saved tensor; highlighted), ``write``
 (the in-place write; highlighted), ``producer``, ``input``, ``consumer``, ``reader``,
-``more`` (neighbours left out). Edge roles: ``saved``, ``write``, ``data``.
+``origin`` (where the tensor came from: the `Conflict.origin` steps), ``more`` (neighbours
+left out). Edge roles: ``saved``, ``write``, ``data``.
 """
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+import textwrap
 from pathlib import Path
 from typing import Any, Optional, Sequence
 from xml.sax.saxutils import escape
@@ -40,6 +42,7 @@ _NODE_STYLE = {
     "write": ("#fff3e0", "#e65100", 2.5),
     "leaf": ("#e3f2fd", "#1565c0", 1.2),
     "more": ("#ffffff", "#9e9e9e", 1.0),
+    "origin": ("#f3e5f5", "#6a1b9a", 1.2),
 }
 _DEFAULT_NODE = ("#f5f5f5", "#616161", 1.2)
 # role -> (stroke, width, dashed)
@@ -106,6 +109,17 @@ def write_node(b: GraphBuilder, c: Conflict, target: str) -> None:
     b.edge(wid, target, "in-place write", role="write")
 
 
+def origin_nodes(b: GraphBuilder, c: Conflict, target: str) -> None:
+    """The ORIGIN steps (the view the tensor was written through, back to the parameter
+    or the leaf), each with the line that made it, chained into the tensor's node."""
+    below = target
+    for o in c.origin:
+        lines = textwrap.wrap(o.what, 48) or [""]
+        oid = b.add(lines[0], [*lines[1:], _site(o.site), _short_source(o.site)], "origin")
+        b.edge(oid, below, "made" if below == target else "from")
+        below = oid
+
+
 def saver_detail(c: Conflict) -> list[str]:
     s = c.saved
     if s is None:
@@ -119,6 +133,7 @@ def minimal_graph(c: Conflict) -> dict[str, Any]:
     b = GraphBuilder()
     tid = tensor_node(b, c)
     write_node(b, c, tid)
+    origin_nodes(b, c, tid)
     if c.tensor is not None and c.tensor.produced_by:
         b.edge(b.add(c.tensor.produced_by, (), "producer"), tid)
     if c.saved is not None:

@@ -102,6 +102,9 @@ def for_write(op: str, source: Optional[str], *, via_optimizer: bool, alias: Opt
         return (f"clone before writing (`{x} = {x}.clone()` on the line before), or build "
                 f"the result out of place (e.g. `torch.where`, `{x}.index_put(...)`)")
     if op.endswith("(out=)"):
+        dropped = without_out(src)
+        if dropped is not None:
+            return f"write `{dropped}` instead of `{src}`"
         return "drop `out=` and assign the result to a new tensor"
     if method.endswith("_") and not method.startswith("_"):
         # The one table of out-of-place twins, shared with the lint fixes and
@@ -118,6 +121,35 @@ def for_write(op: str, source: Optional[str], *, via_optimizer: bool, alias: Opt
         return (f"`{method}` has no out-of-place method: clone the tensor first "
                 f"(`x = x.clone()`) and `{method}` the clone, or build a new tensor")
     return "clone the tensor before writing into it (`x = x.clone()`), or write out of place"
+
+
+def without_out(src: str) -> Optional[str]:
+    """The out-of-place form of a one-call line writing through ``out=`` into a name:
+    ``torch.clamp(a, 0, 1, out=a)`` -> ``a = torch.clamp(a, 0, 1)``; None for other lines."""
+    src = _strip_comment(src)
+    m = re.match(rf"^(?:{_NAME}\s*=(?!=)\s*)?({_NAME})\(", src)
+    if m is None or _balanced(src, m.end(1)) != len(src):
+        return None
+    args = src[m.end(1) + 1:-1]
+    # A plain name only: ``out=c[0]`` or ``out=self.w`` rebound would be another write
+    # (or a parameter assignment that raises).
+    out = re.search(r",\s*out\s*=\s*([A-Za-z_]\w*)\s*(?=,|$)", args)
+    if out is None:
+        return None
+    rest = (args[:out.start()] + args[out.end():]).strip()
+    return f"{out.group(1)} = {m.group(1)}({rest})"
+
+
+def clone_where_made(var: str, made: Optional[str], before_write: bool = False) -> str:
+    """How to clone ``var`` where it is made: ``y = lin(x).clone()`` for a one-name
+    assignment line ``y = lin(x)``, else ``var = var.clone()`` before writing it (or, with
+    ``before_write``, right after it is made: before a write into its base)."""
+    src = _strip_comment(made or "")
+    m = re.match(rf"^{re.escape(var)}\s*=(?!=)\s*(.+)$", src)
+    if m:
+        return f"clone it where it is made (`{var} = {m.group(1)}.clone()`)"
+    when = "right after it is made, before that write" if before_write else "before writing"
+    return f"clone it {when} (`{var} = {var}.clone()`)"
 
 
 def for_leaf_view_write(op: str, source: Optional[str], what: str) -> Optional[str]:

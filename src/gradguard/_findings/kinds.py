@@ -40,6 +40,14 @@ class Facts:
     repaired: bool = False  # protect() handed backward the bytes it kept
     pending: bool = False  # found at the write (when="write"), before any damage
     pytorch_error: Optional[str] = None  # first line of PyTorch's own error, if any
+    # A view PyTorch refuses to write (GGR203, GGR205), found in the user's frames:
+    view: Optional[str] = None  # its variable
+    view_source: Optional[str] = None  # the line that made it
+    view_op: Optional[str] = None  # the op or Function that made it ("split", "Scale")
+    base: Optional[str] = None  # the variable of the tensor it is a view of
+    base_written: bool = False  # PyTorch: its base (or another view of it) was written first
+    hooked: Optional[str] = None  # a module's full backward hook made it ("" : module unknown)
+    out_requires_grad: bool = False  # GGR206: the `out=` tensor itself requires grad
 
     @property
     def moved(self) -> bool:
@@ -159,6 +167,68 @@ def _leaf_fix(f: Facts) -> str:
     specific = fixes.for_write(f.write_op or "", f.write_source, via_optimizer=False,
                                alias=None, backward_source=None, saver_op=None)
     return f"{specific}; {fixes.LEAF_FIX}"
+
+
+def _view_fix(f: Facts, why: str, also: Optional[str] = None) -> str:
+    """The FIX for a write into a view autograd cannot rebase (``why``: what made it;
+    ``also``: one more way out)."""
+    clone = fixes.clone_where_made(f.view or "x", f.view_source)
+    if also:
+        clone = f"{clone}, or {also}"
+    if f.base_written:
+        base = f"`{f.base}`" if f.base else "its base"
+        head = (fixes.for_write(f.write_op, f.write_source, via_optimizer=False, alias=None,
+                                backward_source=None, saver_op=None)
+                if f.write_op else "make that write out of place")
+        clone = fixes.clone_where_made(f.view or "x", f.view_source, before_write=True)
+        return (f"{head}, or {clone}: {base} (or another view of it) was written in place "
+                f"after `{f.view}` was made from it, and {why}")
+    if (f.write_op or "").endswith("__setitem__"):
+        return f"{clone}, or build the new value out of place: {why}"
+    write = fixes.for_write(f.write_op or "", f.write_source, via_optimizer=False, alias=None,
+                            backward_source=None, saver_op=None)
+    return f"{write}, or {clone}: {why}"
+
+
+def _multi_view_fix(f: Facts) -> str:
+    if f.view is None:
+        return fixes.MULTI_VIEW_FIX
+    op = f"`{f.view_op}`" if f.view_op else "its op"
+    return _view_fix(f, f"`{f.view}` is one of the views {op} returned, which share one "
+                        "backward node and cannot be written in place")
+
+
+def _function_view_fix(f: Facts) -> str:
+    if f.hooked is not None:
+        who = f"`{f.hooked}`" if f.hooked else "the module that made it"
+        why = (f"{who} has a full backward hook (`register_full_backward_hook`), which hands "
+               "on the module's outputs as views that cannot be written in place")
+    else:
+        fn = f"`{f.view_op}`" if f.view_op else "the custom Function"
+        why = (f"{fn} returned a view (of an input, or an input as-is), which cannot be "
+               "written in place")
+        also = f"have {fn}'s forward return a new tensor (`.clone()` what it returns)"
+    if f.view is None:
+        return f"clone the tensor before writing (`x = x.clone()`): {why}"
+    return _view_fix(f, why, also if f.hooked is None else None)
+
+
+def _out_fix(f: Facts) -> str:
+    dropped = fixes.without_out(f.write_source or "")
+    src = fixes.call_on(f.write_source or "")
+    if not f.out_requires_grad:
+        head = (f"write `{dropped}` instead of `{src}`" if dropped else
+                "drop `out=` and assign the result to a new tensor")
+        return (f"{head}: an input of this call requires grad, and a call with `out=` "
+                "records no backward node (for a result that needs no gradient, make the "
+                "call under `with torch.no_grad():`)")
+    if dropped:
+        return (f"write `{dropped}` instead of `{src}` (a new tensor, which autograd "
+                f"differentiates); for a deliberate update of {f.what}'s values, keep `out=` "
+                "under `with torch.no_grad():`")
+    return (f"for a deliberate update of {f.what}'s values (a parameter step, a clamp), make "
+            "the call under `with torch.no_grad():`; to differentiate through it, drop `out=` "
+            "and use the result as a new tensor")
 
 
 def _pytorch_error(f: Facts) -> str:
@@ -419,7 +489,7 @@ _add(RuntimeKind(
             "a, b = x.split(2)\n"
             "a = a.mul(2)\n"),
         raises="RuntimeError"),
-    detail=_pytorch_error, fix=lambda f: fixes.MULTI_VIEW_FIX,
+    detail=_pytorch_error, fix=_multi_view_fix,
 ))
 
 _add(RuntimeKind(
@@ -446,6 +516,80 @@ _add(RuntimeKind(
             "t.add_(1)\n"),
         raises="RuntimeError"),
     detail=_pytorch_error, fix=lambda f: fixes.INFERENCE_FIX,
+))
+
+_add(RuntimeKind(
+    code="GGR205", slug="function-view-inplace",
+    title=("in-place write into a view returned by a custom autograd.Function (or passed "
+           "on by a module's full backward hook)"),
+    pytorch_message=("Output 0 of BackwardHookFunction is a view and is being modified "
+                     "inplace. This view was created inside a custom Function (or because an "
+                     "input was returned as-is) and the autograd logic to handle view+inplace "
+                     "would override the custom backward associated with the custom Function, "
+                     "leading to incorrect gradients. This behavior is forbidden. You can fix "
+                     "this by cloning the output of the custom Function."),
+    what_it_does=(
+        "Explains PyTorch's error for an in-place write into a view that a custom "
+        "`torch.autograd.Function` returned (its `forward` returned a view of an input, or an "
+        "input as-is), or into an output of a module with a full backward hook "
+        "(`register_full_backward_hook` passes the module's outputs through "
+        "`BackwardHookFunction`, which returns them as views): the line that made the view, "
+        "the Function or the hooked module, and the out-of-place form of the write."),
+    why_bad=(
+        "Autograd would have to replace the Function's own backward to rebase the view on "
+        "the in-place op, which would give wrong gradients: PyTorch refuses. The same holds "
+        "when the view's base is written in place after the view was made, at the view's "
+        "next use."),
+    fix_advice=(
+        "Write out of place (`y = y + 1` instead of `y.add_(1)`; `inplace=False` for an "
+        "activation module after a hooked module), or clone the view where it is made "
+        "(`y = model(x).clone()`); for your own Function, return a new tensor from its "
+        "`forward` (`.clone()` the view)."),
+    example=Example(
+        source=(
+            "import torch\n\n"
+            "flatten = torch.nn.Flatten()\n"
+            "flatten.register_full_backward_hook(lambda module, grad_in, grad_out: None)\n"
+            "y = flatten(torch.randn(2, 3, 4, requires_grad=True))  # handed on as a view\n"
+            "y.add_(1)  # PyTorch: 'Output 0 of BackwardHookFunction is a view ...'\n"),
+        fixed=(
+            "import torch\n\n"
+            "flatten = torch.nn.Flatten()\n"
+            "flatten.register_full_backward_hook(lambda module, grad_in, grad_out: None)\n"
+            "y = flatten(torch.randn(2, 3, 4, requires_grad=True))\n"
+            "y = y + 1  # a new tensor\n"),
+        raises="RuntimeError"),
+    detail=_pytorch_error, fix=_function_view_fix,
+))
+
+_add(RuntimeKind(
+    code="GGR206", slug="out-requires-grad",
+    title="a call with `out=` where an argument requires grad",
+    pytorch_message=("clamp(): functions with out=... arguments don't support automatic "
+                     "differentiation, but one of the arguments requires grad."),
+    what_it_does=(
+        "Explains PyTorch's error for a call with `out=` (`torch.clamp(a, 0, 1, out=a)`) in "
+        "grad mode where an argument requires grad -- often the `out=` tensor itself, a "
+        "parameter or a leaf: which tensor, where it came from (the parameter's path, the "
+        "leaf's creation line) and the out-of-place form of the line."),
+    why_bad=(
+        "A call writing its result into `out=` records no backward node, so autograd could "
+        "not differentiate through it: PyTorch refuses rather than give wrong gradients."),
+    fix_advice=(
+        "Drop `out=` and assign the result (`alpha = torch.clamp(alpha, 0, 1)`), or, for a "
+        "deliberate update of a parameter's values, keep `out=` under "
+        "`with torch.no_grad():`."),
+    example=Example(
+        source=(
+            "import torch\n\n"
+            "alpha = torch.rand(3, requires_grad=True)\n"
+            "torch.clamp(alpha, 0, 1, out=alpha)  # PyTorch: 'functions with out=... ...'\n"),
+        fixed=(
+            "import torch\n\n"
+            "alpha = torch.rand(3, requires_grad=True)\n"
+            "alpha = torch.clamp(alpha, 0, 1)  # a new tensor, differentiable\n"),
+        raises="RuntimeError"),
+    detail=_pytorch_error, fix=_out_fix,
 ))
 
 BY_CODE: dict[str, RuntimeKind] = {k.code: k for k in CATALOGUE.values()}

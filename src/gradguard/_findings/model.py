@@ -162,6 +162,8 @@ class Conflict:
         site = self.write.user_site if self.write else None
         if site is None and self.saved is not None:
             site = self.saved.user_site
+        if site is None and self.origin:
+            site = self.origin[0].site
         where = f"{site.file}:{site.line} in {site.function}" if site else "<unknown>"
         op = self.write.op if self.write else (self.saved.op if self.saved else "?")
         return f"{self.kind} {where} ({op})"
