@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
 
 import torch
@@ -202,6 +203,7 @@ class Runtime:
                 stack, entry = write.stack, write.entry
             write = WriteRecord(op, stack, entry, None, start, end, whole)
             write.storage = freed
+            _note_node(write)
             watched: dict[int, tuple[Session, list[SavedRecord]]] = {}
             intercept.state.busy = True  # our own bookkeeping writes nothing to intercept
             try:
@@ -338,6 +340,18 @@ def _patch_entry_points(patches: patching.Patches) -> None:
     saved_tensor = torch._C._autograd.SavedTensor
     patches.replace(saved_tensor, "register_hooks",
                     patching.around(saved_tensor, "register_hooks", on_register_hooks))
+
+
+def _note_node(write: WriteRecord) -> None:
+    """Which backward made ``write`` (`WriteRecord.node`), if one is running."""
+    node = torch._C._current_autograd_node()
+    if node is None:
+        return
+    write.node = type(node).__name__
+    try:
+        write.node_ref = weakref.ref(node)
+    except TypeError:  # a built-in node: no weak references
+        pass
 
 
 def _storage_nbytes(storage: Any) -> int:

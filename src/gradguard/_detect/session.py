@@ -15,6 +15,7 @@ PyTorch rejects is still rejected, with a better message.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import inspect
 import os
 import re
@@ -25,6 +26,7 @@ import zlib
 from typing import Any, Callable, Literal, Optional, Sequence, TypeVar, overload
 
 import torch
+import torch.utils.checkpoint
 from torch.autograd.function import BackwardCFunction
 
 from gradguard._core import intercept, sites
@@ -414,6 +416,7 @@ class DetectSession(Session):
             if frame is not None:
                 backward_src = sites.resolve(((frame.f_code, frame.f_lasti),))[0].source
         user = mutation.user_site if mutation else None
+        during = _during(write.node, write.node_ref) if write is not None else _NOT_DURING
         facts = Facts(
             kind=kind, what=f"`{name}`" if name else tensor.short(), node=node_name,
             saver_op=saver_op, label=rec.label, version_saved=rec.version,
@@ -426,11 +429,12 @@ class DetectSession(Session):
             backward_source=backward_src, repaired=repaired, pending=pending is not None,
             ctx_source=ctx_line.source if ctx_line is not None else None,
             compiled=write is None and moved and compiled_graphs() > 0,
+            backward_node=during[0], recompute_call=during[1], recompute_source=during[2],
         )
-        entry = catalogue_kind(kind)
+        detail, fix = catalogue_kind(kind).sentences(facts)
         conflict = Conflict(kind=kind, write=mutation, saved=saved, tensor=tensor,
-                            overlap=overlap, aliasing=aliasing, fix=entry.fix(facts),
-                            detail=entry.detail(facts), repaired=repaired,
+                            overlap=overlap, aliasing=aliasing, fix=fix,
+                            detail=detail, repaired=repaired,
                             writes=self._timeline(rec, hits, write) if pending is None else [])
         # The picture's neighbourhood, as names only (no tensors, no nodes kept).
         conflict.graph = capture_graph(node, rec, conflict)
@@ -552,9 +556,13 @@ class DetectSession(Session):
                       write_op=op,
                       write_source=mutation.user_site.source if mutation.user_site else None,
                       pytorch_error=str(exc).splitlines()[0])
-        entry = catalogue_kind(kind)
-        conflict = Conflict(kind=kind, write=mutation, tensor=tensor, fix=entry.fix(facts),
-                            detail=entry.detail(facts))
+        node = torch._C._current_autograd_node()
+        if node is not None:
+            during = _during(type(node).__name__, lambda: node)
+            facts = dataclasses.replace(facts, backward_node=during[0],
+                                        recompute_call=during[1], recompute_source=during[2])
+        detail, fix = catalogue_kind(kind).sentences(facts)
+        conflict = Conflict(kind=kind, write=mutation, tensor=tensor, fix=fix, detail=detail)
         if t is not None and kind in ("leaf-inplace", "leaf-view-inplace"):
             try:
                 conflict.origin = _origin(t, name, sites.live_user_frames(2),
@@ -579,6 +587,9 @@ class DetectSession(Session):
                 break
         if node is None or not hasattr(node, "__dict__"):
             return
+        if cls is _REENTRANT_CHECKPOINT:
+            # Its backward reruns the function: writes there name this call (`_during`).
+            node.__dict__[_RECOMPUTES] = sites.capture(3, 1)[0]
         # (attribute, index in a tuple/list attribute or None, tensor)
         found: list[tuple[str, Optional[int], torch.Tensor]] = []
         for attr, value in list(vars(node).items()):
@@ -651,6 +662,25 @@ class DetectSession(Session):
         with self._lock:
             if text not in self.coverage_gaps:
                 self.coverage_gaps.append(text)
+
+
+_REENTRANT_CHECKPOINT = torch.utils.checkpoint.CheckpointFunction
+_RECOMPUTES = "_gradguard_recomputes"  # on a reentrant checkpoint's node: its call's stack
+_NOT_DURING: tuple[Optional[str], Optional[str], Optional[str]] = (None, None, None)
+
+
+def _during(node: Optional[str], ref: Any) -> tuple[Optional[str], Optional[str], Optional[str]]:
+    """For a write made while the backward of ``node`` ran (`WriteRecord.node`): the node,
+    and, when that backward was a reentrant checkpoint recomputing its region, the
+    checkpoint call's "file:line" and source."""
+    if node is None:
+        return _NOT_DURING
+    target = ref() if ref is not None else None
+    stack = getattr(target, "__dict__", {}).get(_RECOMPUTES)
+    if not stack:
+        return node, None, None
+    site = sites.resolve(stack)[0]
+    return node, f"{site.file}:{site.line}", site.source or None
 
 
 def _origin(t: torch.Tensor, name: Optional[str], frames: list,

@@ -40,6 +40,11 @@ class Facts:
     repaired: bool = False  # protect() handed backward the bytes it kept
     pending: bool = False  # found at the write (when="write"), before any damage
     pytorch_error: Optional[str] = None  # first line of PyTorch's own error, if any
+    # The write ran during backward: inside the backward (or a hook) of this node.
+    backward_node: Optional[str] = None
+    # ...in the recomputation of a reentrant checkpoint: its call's "file:line" and source.
+    recompute_call: Optional[str] = None
+    recompute_source: Optional[str] = None
 
     @property
     def moved(self) -> bool:
@@ -90,6 +95,27 @@ class RuntimeKind:
             f"Use instead:\n\n```python\n{self.example.fixed.strip()}\n```\n\n"
             f"## Fix\n\n{self.fix_advice}\n"
         )
+
+    def sentences(self, f: Facts) -> tuple[str, str]:
+        """The DETAIL and the FIX, each followed by where the write ran when it ran during
+        backward (a Function's backward, a hook, a reentrant checkpoint's recomputation)."""
+        detail, fix = self.detail(f), self.fix(f)
+        if f.recompute_call:
+            call = f"`{f.recompute_source}`" if f.recompute_source else "the checkpoint call"
+            return (f"{detail}; the write ran in the recomputation of {call} at "
+                    f"{f.recompute_call}: a reentrant checkpoint (use_reentrant=True) reruns "
+                    "its function during backward, with grad enabled (the original forward "
+                    "ran under no_grad, which saved and checked nothing)",
+                    f"{fix}; that line runs again at backward, when {call} at "
+                    f"{f.recompute_call} recomputes its region")
+        if f.backward_node and not f.pending:
+            return (f"{detail}; the write ran during backward, in the backward of "
+                    f"{f.backward_node} (its Function's backward or a hook on it), while other "
+                    "nodes, and any later backward through a retained graph "
+                    "(retain_graph=True), still need the saved bytes",
+                    f"{fix} in that backward (a backward may only write tensors it "
+                    "allocated itself; `.clone()` one it was handed before writing it)")
+        return detail, fix
 
 
 # -- the sentences ------------------------------------------------------------------------
