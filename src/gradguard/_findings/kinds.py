@@ -99,13 +99,15 @@ class RuntimeKind:
     def sentences(self, f: Facts) -> tuple[str, str]:
         """The DETAIL and the FIX, each followed by where the write ran when it ran during
         backward (a Function's backward, a hook, a reentrant checkpoint's recomputation)."""
-        detail, fix = self.detail(f), self.fix(f)
+        detail, fix = self.detail(f).rstrip("."), self.fix(f)
         if f.recompute_call:
-            call = f"`{f.recompute_source}`" if f.recompute_source else "the checkpoint call"
+            call = (f"`{fixes._strip_comment(f.recompute_source)}`" if f.recompute_source
+                    else "the checkpoint call")
             return (f"{detail}; the write ran in the recomputation of {call} at "
-                    f"{f.recompute_call}: a reentrant checkpoint (use_reentrant=True) reruns "
-                    "its function during backward, with grad enabled (the original forward "
-                    "ran under no_grad, which saved and checked nothing)",
+                    f"{f.recompute_call}: a reentrant checkpoint (use_reentrant=True) runs "
+                    "its function twice, under no_grad in forward (which saves nothing for "
+                    "backward) and again during backward with grad enabled, where this write "
+                    "ran",
                     f"{fix}; that line runs again at backward, when {call} at "
                     f"{f.recompute_call} recomputes its region")
         if f.backward_node and not f.pending:
@@ -115,7 +117,7 @@ class RuntimeKind:
                     "(retain_graph=True), still need the saved bytes",
                     f"{fix} in that backward (a backward may only write tensors it "
                     "allocated itself; `.clone()` one it was handed before writing it)")
-        return detail, fix
+        return self.detail(f), fix
 
 
 # -- the sentences ------------------------------------------------------------------------
