@@ -315,9 +315,18 @@ def _patch_entry_points(patches: patching.Patches) -> None:
             session.on_foreign_hooks(hooks, where)
         return call(*args, **kwargs)
 
+    def on_hooks_exit(call: Any, hooks: Any, args: tuple, kwargs: dict) -> Any:
+        out = call(*args, **kwargs)
+        if not isinstance(hooks, GradguardHooks):
+            session = runtime.innermost()
+            if session is not None:
+                session.on_foreign_hooks_exit(hooks)
+        return out
+
     for owner, name, hook in (
         (autograd_function.Function, "apply", on_apply),
         (graph.saved_tensors_hooks, "__enter__", on_hooks_enter),
+        (graph.saved_tensors_hooks, "__exit__", on_hooks_exit),
     ):
         patches.replace(owner, name, patching.around(owner, name, hook))
     patches.replace(graph, "disable_saved_tensors_hooks",

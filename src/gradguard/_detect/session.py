@@ -59,6 +59,7 @@ _KIND_OF_RECORD = {
     "saved": "saved-tensor-mutated",
     "ctx": "ctx-attribute-mutated",
     "checkpoint": "checkpoint-input-mutated",
+    "checkpoint-read": "checkpoint-read-mutated",  # gradguard._detect.checkpoint
 }
 
 
@@ -307,6 +308,15 @@ class DetectSession(Session):
             return None
         return "bytes" if any(hit for _, hit in rec.writes or ()) else "outside"
 
+    @staticmethod
+    def bytes_changed(rec: SavedRecord) -> bool:
+        """Whether an intercepted write changed the bytes ``rec`` saved (the fingerprint
+        taken before the first overlapping write differs now); False when none was
+        taken or the bytes cannot be read: no claim without evidence."""
+        if rec.checksum is None or rec.checksum == _UNREADABLE:
+            return False
+        return _fingerprint(rec.tensor) != rec.checksum
+
     def _repaired(self, rec: SavedRecord) -> None:
         """Report a conflict copy-on-write repaired: once per write site and save site."""
         hits = [w for w, hit in rec.writes or () if hit]
@@ -361,7 +371,9 @@ class DetectSession(Session):
             # through `.data` there silently changes the recomputed forward.
             rec.kind, rec.label = "checkpoint", "torch.utils.checkpoint"
         kind = "saved-tensor-mutated-outside-pytorch" if outside else _KIND_OF_RECORD[rec.kind]
-        fatal = moved and pending is None and rec.kind != "ctx" and not repaired
+        # Stock PyTorch checks neither ctx attributes nor what a checkpointed region reads.
+        fatal = (moved and pending is None and rec.kind not in ("ctx", "checkpoint-read")
+                 and not repaired)
 
         # Deduplicate before building anything: the same write site, save site and storage
         # found again (every step of a training loop) costs a dict lookup, not a report.
@@ -640,6 +652,10 @@ class DetectSession(Session):
 
     def on_foreign_hooks(self, hooks: Any, where: str) -> None:
         if type(hooks).__name__ in _CHECKPOINT_HOOKS:
+            if type(hooks).__name__ == "_checkpoint_hook":
+                from gradguard._detect import checkpoint
+
+                checkpoint.on_enter(self, hooks)
             return
         if type(hooks).__name__ == "SavedTensor":
             self._gap(f"register_hooks on a saved tensor at {where} was refused: every saved "
@@ -651,6 +667,12 @@ class DetectSession(Session):
                   + ("; save_on_cpu copies CUDA tensors at save time, but keeps CPU tensors "
                      "as they are, unchecked (PyTorch skips its version check under hooks)"
                      if type(hooks).__name__ == "save_on_cpu" else ""))
+
+    def on_foreign_hooks_exit(self, hooks: Any) -> None:
+        if type(hooks).__name__ == "_checkpoint_hook":
+            from gradguard._detect import checkpoint
+
+            checkpoint.on_exit(hooks)
 
     def _note_existing_hooks(self) -> None:
         top_hooks = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)

@@ -367,6 +367,73 @@ _add(RuntimeKind(
                    "the input before writing, or write it after `backward()`"),
 ))
 
+def _read_detail(f: Facts) -> str:
+    if f.pending:
+        return (f"this write would change {f.what}, which a checkpointed region read in its "
+                "forward and will read again when it recomputes at backward; stopped before "
+                "the write (when='write')")
+    changed = (f"it is now at version {f.version_now}" if f.moved else
+               "its version did not move")
+    return (f"{f.what} is read inside a checkpointed region without being one of its inputs "
+            f"(the `checkpoint(...)` call under SAVED); saved there at version "
+            f"{f.version_saved}, {changed}, and its bytes differ: the recomputation during "
+            "backward reads the new values, so the gradient is silently wrong (PyTorch checks "
+            "no version there, and determinism_check compares only shape, dtype and device)")
+
+
+def _read_fix(f: Facts) -> str:
+    back = fixes.backward_call(f.backward_source)
+    after = f"`{back}`" if back else "the backward of that region"
+    write = f"`{fixes._strip_comment(f.write_source)}`" if f.write_source else "the write"
+    return (f"move {write} after {after}; or pass the tensor to the checkpointed function as "
+            "an argument and give the new values a new tensor (`self.mask = new_mask`, not "
+            "`self.mask.copy_(new_mask)`): checkpoint keeps its arguments, so the "
+            "recomputation reads the tensor the forward read")
+
+
+_READ_SETUP = (  # GGR105's example and its twin, up to the write
+    "import torch\n"
+    "from torch.utils.checkpoint import checkpoint\n\n"
+    "lin = torch.nn.Linear(3, 3)\n"
+    "mask = torch.ones(3)\n"
+    "x = torch.randn(2, 3, requires_grad=True)\n"
+    "y = checkpoint(lambda t: torch.tanh(lin(t)) * mask, x, use_reentrant=False)\n")
+
+_add(RuntimeKind(
+    code="GGR105", slug="checkpoint-read-mutated",
+    title=("a tensor a checkpointed region reads (not its input) was modified before the "
+           "region was recomputed"),
+    pytorch_message=None,
+    what_it_does=(
+        "Reports an in-place write, made after the forward of a non-reentrant "
+        "`torch.utils.checkpoint` region and before its backward, into a tensor the region "
+        "read without taking it as an input: a module's parameter or buffer (a mask "
+        "refilled per micro-batch), or a leaf tensor from the enclosing scope. It names the "
+        "write and the `checkpoint(...)` call, also when the write ran under `no_grad`. "
+        "Only a write that changed the bytes counts: one restored before backward is clean."),
+    why_bad=(
+        "Checkpoint drops what the region saved and reruns the region at backward. The rerun "
+        "reads parameters, buffers and closure tensors as they are then: the gradient is "
+        "computed from values the forward never used. Stock PyTorch says nothing (its "
+        "`determinism_check` compares only shape, dtype and device), with or without "
+        "`no_grad` around the write."),
+    fix_advice=(
+        "Make the write after the region's `backward()`; or pass the tensor to the "
+        "checkpointed function as an argument and give new values a new tensor "
+        "(`self.mask = new_mask` instead of `self.mask.copy_(new_mask)`), since checkpoint "
+        "keeps its arguments for the recomputation."),
+    example=Example(
+        source=(
+            _READ_SETUP +
+            "mask.copy_(torch.tensor([1.0, 0.0, 1.0]))  # the next micro-batch's mask\n"
+            "y.sum().backward()  # recomputes with the new mask\n"),
+        fixed=(
+            _READ_SETUP +
+            "y.sum().backward()\n"
+            "mask.copy_(torch.tensor([1.0, 0.0, 1.0]))  # after backward\n")),
+    detail=_read_detail, fix=_read_fix,
+))
+
 _add(RuntimeKind(
     code="GGR201", slug="leaf-inplace",
     title="in-place write into a leaf tensor that requires grad",

@@ -83,6 +83,12 @@ class ProtectSession(DetectSession):
     # -- copy-on-write (the runtime tells the watcher of each write) -----------------------
     def before_writes(self, write: WriteRecord, records: Sequence[SavedRecord]) -> Any:
         to_copy: list[SavedRecord] = []
+        reads = [rec for rec in records if rec.kind == "checkpoint-read"]
+        if reads:
+            # What a checkpointed region reads is read again by its recomputation, from
+            # the live tensor: no copy can repair it; detect()'s evidence reports it.
+            DetectSession.before_writes(self, write, reads)
+            records = [rec for rec in records if rec.kind != "checkpoint-read"]
         for rec in records:
             kept = rec.extra
             if kept is None:
