@@ -419,9 +419,12 @@ def unpatch_all() -> None:
 
 
 def new_record(t: torch.Tensor, owner: Session, watcher: Optional[Session], kind: str,
-               label: Optional[str], skip: int) -> SavedRecord:
-    """Register ``t`` as saved outside the pack hook: ctx attributes, checkpoint inputs."""
-    stack, _ = sites.capture(skip=skip)
+               label: Optional[str], skip: int,
+               stack: Optional[sites.RawStack] = None) -> SavedRecord:
+    """Register ``t`` as saved outside the pack hook: ctx attributes, what a checkpointed
+    region reads. ``stack``: its save site, when known (else captured here)."""
+    if stack is None:
+        stack, _ = sites.capture(skip=skip)
     rec = SavedRecord(t if t.is_leaf else t.detach(), t._version, None, owner, stack,
                       kind, label)
     rec.producer = type(t.grad_fn) if t.grad_fn is not None else None

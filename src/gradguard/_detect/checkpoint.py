@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from gradguard._core import intercept
+from gradguard._core import intercept, sites
 from gradguard._core.registry import SavedRecord, storage_key
 from gradguard._core.runtime import new_record, runtime
 
@@ -69,6 +69,7 @@ class RegionReads:
     def forward_done(self) -> None:
         """The region's forward ended: keep what outlives it, as saved records."""
         session = self.session
+        stack = None  # the checkpoint call's, shared by every record of the region
         for (_, geometry), (ref, version) in self.seen.items():
             leaf = ref()
             if leaf is None:
@@ -77,8 +78,10 @@ class RegionReads:
             if key is None or any(r.tensor is leaf for r in runtime.registry.on_storage(key)):
                 continue  # no bytes to compare, or a region input (checked as GGR104)
             t = leaf if geometry is None else leaf.detach().as_strided(*geometry)
+            if stack is None:
+                stack = sites.capture(2)[0]
             rec = new_record(t, session, session._watcher, READ, "torch.utils.checkpoint",
-                             skip=2)
+                             skip=2, stack=stack)
             rec.version = version
             self.records.append(rec)
         self.seen = {}
