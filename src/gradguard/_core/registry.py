@@ -24,7 +24,7 @@ class WriteRecord:
     """One intercepted in-place write (no tensors held: only where and what)."""
 
     __slots__ = ("op", "stack", "entry", "alias", "start", "end", "whole", "storage", "node",
-                 "node_ref")
+                 "during")
 
     def __init__(self, op: str, stack: RawStack, entry, alias: Optional[str],
                  start: int, end: int, whole: bool) -> None:
@@ -39,11 +39,10 @@ class WriteRecord:
         # gone, and what comes back after a resize is not what was saved.
         self.storage = False
         # The autograd node whose backward was running when the write happened (a custom
-        # Function's backward, a hook, a reentrant checkpoint's recomputation), by name;
-        # None in forward code. `node_ref`: a weak reference to it, when the node allows one
-        # (Python-defined nodes do; built-in ones do not).
+        # Function's backward, a hook), by name; None in forward code. `during`: what a
+        # session labelled the code running then (`intercept.state.during`), or None.
         self.node: Optional[str] = None
-        self.node_ref: Any = None
+        self.during: Any = None
 
 
 class SavedRecord:

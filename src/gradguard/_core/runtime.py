@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-import weakref
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
 
 import torch
@@ -352,15 +351,12 @@ def _patch_entry_points(patches: patching.Patches) -> None:
 
 
 def _note_node(write: WriteRecord) -> None:
-    """Which backward made ``write`` (`WriteRecord.node`), if one is running."""
+    """Which backward made ``write`` (`WriteRecord.node`), if one is running, and the
+    sessions' label for the code running (`WriteRecord.during`)."""
+    write.during = intercept.state.during
     node = torch._C._current_autograd_node()
-    if node is None:
-        return
-    write.node = type(node).__name__
-    try:
-        write.node_ref = weakref.ref(node)
-    except TypeError:  # a built-in node: no weak references
-        pass
+    if node is not None:
+        write.node = type(node).__name__
 
 
 def _storage_nbytes(storage: Any) -> int:

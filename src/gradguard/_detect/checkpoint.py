@@ -32,10 +32,35 @@ _ATTR = "_gradguard_reads"  # on the checkpoint hooks object, between enter and 
 _state = intercept.state
 
 
+class Recomputation:
+    """The label (`intercept.state.during`) on writes made while a checkpoint recomputes
+    its region: the checkpoint call's stack, and which implementation it is."""
+
+    __slots__ = ("stack", "reentrant")
+
+    def __init__(self, stack: sites.RawStack, reentrant: bool) -> None:
+        self.stack = stack
+        self.reentrant = reentrant
+
+
+def labelled(fn: Callable, label: Recomputation) -> Callable:
+    """``fn``, running with ``label`` on the writes it makes."""
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        previous = _state.during
+        _state.during = label
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _state.during = previous
+
+    return run
+
+
 class RegionReads:
     """The leaves one checkpointed forward saved (see the module docstring)."""
 
-    __slots__ = ("session", "seen", "records", "reported")
+    __slots__ = ("session", "seen", "records", "reported", "label")
 
     def __init__(self, session: Any) -> None:  # a DetectSession (this module is its part)
         self.session = session
@@ -43,6 +68,7 @@ class RegionReads:
         self.seen: dict[tuple[int, Any], tuple[Any, int]] = {}
         self.records: list[SavedRecord] = []
         self.reported: set[int] = set()
+        self.label: Optional[Recomputation] = None  # set when the forward ends
 
     def saw(self, t: torch.Tensor) -> None:
         """A tensor saved inside the region: note it if it is a leaf or a view of one
@@ -69,7 +95,8 @@ class RegionReads:
     def forward_done(self) -> None:
         """The region's forward ended: keep what outlives it, as saved records."""
         session = self.session
-        stack = None  # the checkpoint call's, shared by every record of the region
+        stack = sites.capture(2)[0]  # the checkpoint call's, shared by the region's records
+        self.label = Recomputation(stack, reentrant=False)
         for (_, geometry), (ref, version) in self.seen.items():
             leaf = ref()
             if leaf is None:
@@ -78,8 +105,6 @@ class RegionReads:
             if key is None or any(r.tensor is leaf for r in runtime.registry.on_storage(key)):
                 continue  # no bytes to compare, or a region input (checked as GGR104)
             t = leaf if geometry is None else leaf.detach().as_strided(*geometry)
-            if stack is None:
-                stack = sites.capture(2)[0]
             rec = new_record(t, session, session._watcher, READ, "torch.utils.checkpoint",
                              skip=2, stack=stack)
             rec.version = version
@@ -117,7 +142,15 @@ def on_enter(session: Any, hooks: Any) -> None:
     def unpack_hook(holder: Any) -> Any:
         if reads.records:
             reads.check()
-        return unpack(holder)
+        label = reads.label
+        if label is None:
+            return unpack(holder)
+        previous = _state.during
+        _state.during = label  # the first unpack recomputes: its writes say so
+        try:
+            return unpack(holder)
+        finally:
+            _state.during = previous
 
     hooks.pack_hook, hooks.unpack_hook = pack_hook, unpack_hook
     setattr(hooks, _ATTR, reads)

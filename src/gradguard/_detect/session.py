@@ -41,6 +41,7 @@ from gradguard._core.registry import (
 )
 from gradguard._core.runtime import new_record, runtime
 from gradguard._core.session import Session
+from gradguard._detect import checkpoint
 from gradguard._detect.graph import capture as capture_graph
 from gradguard._findings.kinds import Facts
 from gradguard._findings.kinds import kind as catalogue_kind
@@ -428,7 +429,7 @@ class DetectSession(Session):
             if frame is not None:
                 backward_src = sites.resolve(((frame.f_code, frame.f_lasti),))[0].source
         user = mutation.user_site if mutation else None
-        during = _during(write.node, write.node_ref) if write is not None else _NOT_DURING
+        during = _during(write.node, write.during) if write is not None else _NOT_DURING
         facts = Facts(
             kind=kind, what=f"`{name}`" if name else tensor.short(), node=node_name,
             saver_op=saver_op, label=rec.label, version_saved=rec.version,
@@ -442,6 +443,7 @@ class DetectSession(Session):
             ctx_source=ctx_line.source if ctx_line is not None else None,
             compiled=write is None and moved and compiled_graphs() > 0,
             backward_node=during[0], recompute_call=during[1], recompute_source=during[2],
+            recompute_reentrant=during[3],
         )
         detail, fix = catalogue_kind(kind).sentences(facts)
         conflict = Conflict(kind=kind, write=mutation, saved=saved, tensor=tensor,
@@ -570,9 +572,10 @@ class DetectSession(Session):
                       pytorch_error=str(exc).splitlines()[0])
         node = torch._C._current_autograd_node()
         if node is not None:
-            during = _during(type(node).__name__, lambda: node)
+            during = _during(type(node).__name__, _state.during)
             facts = dataclasses.replace(facts, backward_node=during[0],
-                                        recompute_call=during[1], recompute_source=during[2])
+                                        recompute_call=during[1], recompute_source=during[2],
+                                        recompute_reentrant=during[3])
         detail, fix = catalogue_kind(kind).sentences(facts)
         conflict = Conflict(kind=kind, write=mutation, tensor=tensor, fix=fix, detail=detail)
         if t is not None and kind in ("leaf-inplace", "leaf-view-inplace"):
@@ -599,9 +602,10 @@ class DetectSession(Session):
                 break
         if node is None or not hasattr(node, "__dict__"):
             return
-        if cls is _REENTRANT_CHECKPOINT:
+        if cls is _REENTRANT_CHECKPOINT and callable(node.__dict__.get("run_function")):
             # Its backward reruns the function: writes there name this call (`_during`).
-            node.__dict__[_RECOMPUTES] = sites.capture(3, 1)[0]
+            label = checkpoint.Recomputation(sites.capture(3, 1)[0], reentrant=True)
+            node.__dict__["run_function"] = checkpoint.labelled(node.__dict__["run_function"], label)
         # (attribute, index in a tuple/list attribute or None, tensor)
         found: list[tuple[str, Optional[int], torch.Tensor]] = []
         for attr, value in list(vars(node).items()):
@@ -653,8 +657,6 @@ class DetectSession(Session):
     def on_foreign_hooks(self, hooks: Any, where: str) -> None:
         if type(hooks).__name__ in _CHECKPOINT_HOOKS:
             if type(hooks).__name__ == "_checkpoint_hook":
-                from gradguard._detect import checkpoint
-
                 checkpoint.on_enter(self, hooks)
             return
         if type(hooks).__name__ == "SavedTensor":
@@ -670,8 +672,6 @@ class DetectSession(Session):
 
     def on_foreign_hooks_exit(self, hooks: Any) -> None:
         if type(hooks).__name__ == "_checkpoint_hook":
-            from gradguard._detect import checkpoint
-
             checkpoint.on_exit(hooks)
 
     def _note_existing_hooks(self) -> None:
@@ -687,22 +687,18 @@ class DetectSession(Session):
 
 
 _REENTRANT_CHECKPOINT = torch.utils.checkpoint.CheckpointFunction
-_RECOMPUTES = "_gradguard_recomputes"  # on a reentrant checkpoint's node: its call's stack
-_NOT_DURING: tuple[Optional[str], Optional[str], Optional[str]] = (None, None, None)
+_NOT_DURING: tuple[Optional[str], Optional[str], Optional[str], bool] = (None, None, None, False)
 
 
-def _during(node: Optional[str], ref: Any) -> tuple[Optional[str], Optional[str], Optional[str]]:
+def _during(node: Optional[str], label: Any
+            ) -> tuple[Optional[str], Optional[str], Optional[str], bool]:
     """For a write made while the backward of ``node`` ran (`WriteRecord.node`): the node,
-    and, when that backward was a reentrant checkpoint recomputing its region, the
-    checkpoint call's "file:line" and source."""
-    if node is None:
-        return _NOT_DURING
-    target = ref() if ref is not None else None
-    stack = getattr(target, "__dict__", {}).get(_RECOMPUTES)
-    if not stack:
-        return node, None, None
-    site = sites.resolve(stack)[0]
-    return node, f"{site.file}:{site.line}", site.source or None
+    and, when a checkpoint was recomputing its region then (the write's label), the
+    checkpoint call's "file:line", its source and whether it is reentrant."""
+    if not isinstance(label, checkpoint.Recomputation) or not label.stack:
+        return node, None, None, False
+    site = sites.resolve(label.stack)[0]
+    return node, f"{site.file}:{site.line}", site.source or None, label.reentrant
 
 
 def _origin(t: torch.Tensor, name: Optional[str], frames: list,

@@ -45,6 +45,7 @@ class Facts:
     # ...in the recomputation of a reentrant checkpoint: its call's "file:line" and source.
     recompute_call: Optional[str] = None
     recompute_source: Optional[str] = None
+    recompute_reentrant: bool = False  # use_reentrant=True (else the non-reentrant one)
 
     @property
     def moved(self) -> bool:
@@ -103,11 +104,14 @@ class RuntimeKind:
         if f.recompute_call:
             call = (f"`{fixes._strip_comment(f.recompute_source)}`" if f.recompute_source
                     else "the checkpoint call")
+            how = ("a reentrant checkpoint (use_reentrant=True) runs its function twice, "
+                   "under no_grad in forward (which saves nothing for backward) and again "
+                   "during backward with grad enabled, where this write ran"
+                   if f.recompute_reentrant else
+                   "a non-reentrant checkpoint reruns its region during backward, when "
+                   "backward first needs a tensor the region saved")
             return (f"{detail}; the write ran in the recomputation of {call} at "
-                    f"{f.recompute_call}: a reentrant checkpoint (use_reentrant=True) runs "
-                    "its function twice, under no_grad in forward (which saves nothing for "
-                    "backward) and again during backward with grad enabled, where this write "
-                    "ran",
+                    f"{f.recompute_call}: {how}",
                     f"{fix}; that line runs again at backward, when {call} at "
                     f"{f.recompute_call} recomputes its region")
         if f.backward_node and not f.pending:
