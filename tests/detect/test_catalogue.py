@@ -25,7 +25,7 @@ def _run(source: str, **options):
 
 
 def test_codes_and_slugs_are_unique_and_stable():
-    assert len(BY_CODE) == len(CATALOGUE) == 10
+    assert len(BY_CODE) == len(CATALOGUE) == 11
     assert all(k.code.startswith("GGR") and len(k.code) == 6 for k in KINDS)
     assert BY_CODE["GGR101"].slug == "saved-tensor-mutated"
 

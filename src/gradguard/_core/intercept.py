@@ -52,6 +52,9 @@ class _State(threading.local):
     # Storage keys of tensors the op now running saves although its backward never reads
     # their values (a training-mode batch norm's running statistics), or None.
     unread: Optional[set] = None
+    # A session's label for the code running now (a checkpoint's recomputation), copied
+    # onto each write recorded meanwhile (`WriteRecord.during`), or None.
+    during: Any = None
 
 
 state = _State()

@@ -23,7 +23,8 @@ from gradguard._core.sites import RawStack
 class WriteRecord:
     """One intercepted in-place write (no tensors held: only where and what)."""
 
-    __slots__ = ("op", "stack", "entry", "alias", "start", "end", "whole", "storage")
+    __slots__ = ("op", "stack", "entry", "alias", "start", "end", "whole", "storage", "node",
+                 "during")
 
     def __init__(self, op: str, stack: RawStack, entry, alias: Optional[str],
                  start: int, end: int, whole: bool) -> None:
@@ -37,6 +38,11 @@ class WriteRecord:
         # A write to the storage itself (`UntypedStorage.resize_`): every byte it held is
         # gone, and what comes back after a resize is not what was saved.
         self.storage = False
+        # The autograd node whose backward was running when the write happened (a custom
+        # Function's backward, a hook), by name; None in forward code. `during`: what a
+        # session labelled the code running then (`intercept.state.during`), or None.
+        self.node: Optional[str] = None
+        self.during: Any = None
 
 
 class SavedRecord:

@@ -205,6 +205,7 @@ class Runtime:
                 stack, entry = write.stack, write.entry
             write = WriteRecord(op, stack, entry, None, start, end, whole)
             write.storage = freed
+            _note_node(write)
             watched: dict[int, tuple[Session, list[SavedRecord]]] = {}
             intercept.state.busy = True  # our own bookkeeping writes nothing to intercept
             try:
@@ -316,9 +317,18 @@ def _patch_entry_points(patches: patching.Patches) -> None:
             session.on_foreign_hooks(hooks, where)
         return call(*args, **kwargs)
 
+    def on_hooks_exit(call: Any, hooks: Any, args: tuple, kwargs: dict) -> Any:
+        out = call(*args, **kwargs)
+        if not isinstance(hooks, GradguardHooks):
+            session = runtime.innermost()
+            if session is not None:
+                session.on_foreign_hooks_exit(hooks)
+        return out
+
     for owner, name, hook in (
         (autograd_function.Function, "apply", on_apply),
         (graph.saved_tensors_hooks, "__enter__", on_hooks_enter),
+        (graph.saved_tensors_hooks, "__exit__", on_hooks_exit),
     ):
         patches.replace(owner, name, patching.around(owner, name, hook))
     patches.replace(graph, "disable_saved_tensors_hooks",
@@ -341,6 +351,15 @@ def _patch_entry_points(patches: patching.Patches) -> None:
     saved_tensor = torch._C._autograd.SavedTensor
     patches.replace(saved_tensor, "register_hooks",
                     patching.around(saved_tensor, "register_hooks", on_register_hooks))
+
+
+def _note_node(write: WriteRecord) -> None:
+    """Which backward made ``write`` (`WriteRecord.node`), if one is running, and the
+    sessions' label for the code running (`WriteRecord.during`)."""
+    write.during = intercept.state.during
+    node = torch._C._current_autograd_node()
+    if node is not None:
+        write.node = type(node).__name__
 
 
 def _storage_nbytes(storage: Any) -> int:
@@ -399,9 +418,12 @@ def unpatch_all() -> None:
 
 
 def new_record(t: torch.Tensor, owner: Session, watcher: Optional[Session], kind: str,
-               label: Optional[str], skip: int) -> SavedRecord:
-    """Register ``t`` as saved outside the pack hook: ctx attributes, checkpoint inputs."""
-    stack, _ = sites.capture(skip=skip)
+               label: Optional[str], skip: int,
+               stack: Optional[sites.RawStack] = None) -> SavedRecord:
+    """Register ``t`` as saved outside the pack hook: ctx attributes, what a checkpointed
+    region reads. ``stack``: its save site, when known (else captured here)."""
+    if stack is None:
+        stack, _ = sites.capture(skip=skip)
     rec = SavedRecord(t if t.is_leaf else t.detach(), t._version, None, owner, stack,
                       kind, label)
     rec.producer = type(t.grad_fn) if t.grad_fn is not None else None

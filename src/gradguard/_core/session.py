@@ -146,6 +146,9 @@ class Session:
     def on_foreign_hooks(self, hooks: Any, where: str) -> None:
         """Saved-tensor hooks that are not gradguard's were entered at ``where``."""
 
+    def on_foreign_hooks_exit(self, hooks: Any) -> None:
+        """The saved-tensor hooks told of in `on_foreign_hooks` were exited."""
+
     def on_step_aside(self, reason: str, where: str) -> None:
         """gradguard's saved-tensor hooks were taken off for a region entered at ``where``
         that refuses hooks (``disable_saved_tensors_hooks(reason)``, torch.func)."""

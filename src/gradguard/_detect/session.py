@@ -15,6 +15,7 @@ PyTorch rejects is still rejected, with a better message.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import inspect
 import os
 import re
@@ -25,6 +26,7 @@ import zlib
 from typing import Any, Callable, Literal, Optional, Sequence, TypeVar, overload
 
 import torch
+import torch.utils.checkpoint
 from torch.autograd.function import BackwardCFunction
 
 from gradguard._core import intercept, sites
@@ -40,7 +42,7 @@ from gradguard._core.registry import (
 from gradguard._core.runtime import WRITE_ERRORS, new_record, runtime
 from gradguard._core.session import Session
 from gradguard._core.sites import capture_save
-from gradguard._detect import origin
+from gradguard._detect import checkpoint, origin
 from gradguard._detect.graph import capture as capture_graph
 from gradguard._detect.graph import saving_node
 from gradguard._findings.kinds import Facts
@@ -60,6 +62,7 @@ _KIND_OF_RECORD = {
     "saved": "saved-tensor-mutated",
     "ctx": "ctx-attribute-mutated",
     "checkpoint": "checkpoint-input-mutated",
+    "checkpoint-read": "checkpoint-read-mutated",  # gradguard._detect.checkpoint
 }
 
 
@@ -333,6 +336,15 @@ class DetectSession(Session):
             return None
         return "bytes" if any(hit for _, hit in rec.writes or ()) else "outside"
 
+    @staticmethod
+    def bytes_changed(rec: SavedRecord) -> bool:
+        """Whether an intercepted write changed the bytes ``rec`` saved (the fingerprint
+        taken before the first overlapping write differs now); False when none was
+        taken or the bytes cannot be read: no claim without evidence."""
+        if rec.checksum is None or rec.checksum == _UNREADABLE:
+            return False
+        return _fingerprint(rec.tensor) != rec.checksum
+
     def _repaired(self, rec: SavedRecord) -> None:
         """Report a conflict copy-on-write repaired: once per write site and save site."""
         hits = [w for w, hit in rec.writes or () if hit]
@@ -385,7 +397,9 @@ class DetectSession(Session):
         if _record_kind(rec) != rec.kind:
             rec.kind, rec.label = "checkpoint", "torch.utils.checkpoint"
         kind = "saved-tensor-mutated-outside-pytorch" if outside else _KIND_OF_RECORD[rec.kind]
-        fatal = moved and pending is None and rec.kind != "ctx" and not repaired
+        # Stock PyTorch checks neither ctx attributes nor what a checkpointed region reads.
+        fatal = (moved and pending is None and rec.kind not in ("ctx", "checkpoint-read")
+                 and not repaired)
 
         # Deduplicate before building anything: the same write site, save site and storage
         # found again (every step of a training loop) costs a dict lookup, not a report.
@@ -443,6 +457,7 @@ class DetectSession(Session):
             if frame is not None:
                 backward_src = sites.resolve(((frame.f_code, frame.f_lasti),))[0].source
         user = mutation.user_site if mutation else None
+        during = _during(write.node, write.during) if write is not None else _NOT_DURING
         facts = Facts(
             kind=kind, what=f"`{name}`" if name else tensor.short(), node=node_name,
             saver_op=saver_op, label=rec.label, version_saved=rec.version,
@@ -455,11 +470,13 @@ class DetectSession(Session):
             backward_source=backward_src, repaired=repaired, pending=pending is not None,
             ctx_source=ctx_line.source if ctx_line is not None else None,
             compiled=write is None and moved and compiled_graphs() > 0,
+            backward_node=during[0], recompute_call=during[1], recompute_source=during[2],
+            recompute_reentrant=during[3],
         )
-        entry = catalogue_kind(kind)
+        detail, fix = catalogue_kind(kind).sentences(facts)
         conflict = Conflict(kind=kind, write=mutation, saved=saved, tensor=tensor,
-                            overlap=overlap, aliasing=aliasing, fix=entry.fix(facts),
-                            detail=entry.detail(facts), repaired=repaired,
+                            overlap=overlap, aliasing=aliasing, fix=fix,
+                            detail=detail, repaired=repaired,
                             writes=self._timeline(rec, hits, write) if pending is None else [])
         # The picture's neighbourhood, as names only (no tensors, no nodes kept).
         conflict.graph = capture_graph(node, rec, conflict)
@@ -595,14 +612,20 @@ class DetectSession(Session):
                       write_op=op, write_source=source or None,
                       pytorch_error=message.splitlines()[0] if message else "",
                       **found.facts)
+        node = torch._C._current_autograd_node()
+        if node is not None:
+            during = _during(type(node).__name__, _state.during)
+            facts = dataclasses.replace(facts, backward_node=during[0],
+                                        recompute_call=during[1], recompute_source=during[2],
+                                        recompute_reentrant=during[3])
         self._explain(exc, facts, mutation, tensor, found.origin)
 
     def _explain(self, exc: BaseException, facts: Facts, write: Optional[Mutation],
                  tensor: Optional[TensorInfo], found_origin: list) -> None:
         """Record PyTorch's own error as a finding, and add its report to the error."""
-        entry = catalogue_kind(facts.kind)
-        conflict = Conflict(kind=facts.kind, write=write, tensor=tensor, fix=entry.fix(facts),
-                            detail=entry.detail(facts), origin=found_origin)
+        detail, fix = catalogue_kind(facts.kind).sentences(facts)
+        conflict = Conflict(kind=facts.kind, write=write, tensor=tensor, fix=fix,
+                            detail=detail, origin=found_origin)
         self._record(conflict)
         from gradguard._explain.text import render_text
 
@@ -647,6 +670,10 @@ class DetectSession(Session):
                 break
         if node is None or not hasattr(node, "__dict__"):
             return
+        if cls is _REENTRANT_CHECKPOINT and callable(node.__dict__.get("run_function")):
+            # Its backward reruns the function: writes there name this call (`_during`).
+            label = checkpoint.Recomputation(sites.capture(3, 1)[0], reentrant=True)
+            node.__dict__["run_function"] = checkpoint.labelled(node.__dict__["run_function"], label)
         # (attribute, index in a tuple/list attribute or None, tensor)
         found: list[tuple[str, Optional[int], torch.Tensor]] = []
         for attr, value in list(vars(node).items()):
@@ -697,6 +724,8 @@ class DetectSession(Session):
 
     def on_foreign_hooks(self, hooks: Any, where: str) -> None:
         if type(hooks).__name__ in _CHECKPOINT_HOOKS:
+            if type(hooks).__name__ == "_checkpoint_hook":
+                checkpoint.on_enter(self, hooks)
             return
         if type(hooks).__name__ == "SavedTensor":
             self._gap(f"register_hooks on a saved tensor at {where} was refused: every saved "
@@ -708,6 +737,10 @@ class DetectSession(Session):
                   + ("; save_on_cpu copies CUDA tensors at save time, but keeps CPU tensors "
                      "as they are, unchecked (PyTorch skips its version check under hooks)"
                      if type(hooks).__name__ == "save_on_cpu" else ""))
+
+    def on_foreign_hooks_exit(self, hooks: Any) -> None:
+        if type(hooks).__name__ == "_checkpoint_hook":
+            checkpoint.on_exit(hooks)
 
     def _note_existing_hooks(self) -> None:
         top_hooks = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
@@ -728,6 +761,21 @@ def _record_kind(rec: SavedRecord) -> str:
     if rec.kind == "saved" and sites.called_through(rec.inner, _CHECKPOINT_PATH):
         return "checkpoint"
     return rec.kind
+
+
+_REENTRANT_CHECKPOINT = torch.utils.checkpoint.CheckpointFunction
+_NOT_DURING: tuple[Optional[str], Optional[str], Optional[str], bool] = (None, None, None, False)
+
+
+def _during(node: Optional[str], label: Any
+            ) -> tuple[Optional[str], Optional[str], Optional[str], bool]:
+    """For a write made while the backward of ``node`` ran (`WriteRecord.node`): the node,
+    and, when a checkpoint was recomputing its region then (the write's label), the
+    checkpoint call's "file:line", its source and whether it is reentrant."""
+    if not isinstance(label, checkpoint.Recomputation) or not label.stack:
+        return node, None, None, False
+    site = sites.resolve(label.stack)[0]
+    return node, f"{site.file}:{site.line}", site.source or None, label.reentrant
 
 
 class _Timeline:

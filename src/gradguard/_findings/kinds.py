@@ -48,6 +48,12 @@ class Facts:
     base_written: bool = False  # PyTorch: its base (or another view of it) was written first
     hooked: Optional[str] = None  # a module's full backward hook made it ("" : module unknown)
     out_requires_grad: bool = False  # GGR206: the `out=` tensor itself requires grad
+    # The write ran during backward: inside the backward (or a hook) of this node.
+    backward_node: Optional[str] = None
+    # ...in the recomputation of a reentrant checkpoint: its call's "file:line" and source.
+    recompute_call: Optional[str] = None
+    recompute_source: Optional[str] = None
+    recompute_reentrant: bool = False  # use_reentrant=True (else the non-reentrant one)
 
     @property
     def moved(self) -> bool:
@@ -98,6 +104,32 @@ class RuntimeKind:
             f"Use instead:\n\n```python\n{self.example.fixed.strip()}\n```\n\n"
             f"## Fix\n\n{self.fix_advice}\n"
         )
+
+    def sentences(self, f: Facts) -> tuple[str, str]:
+        """The DETAIL and the FIX, each followed by where the write ran when it ran during
+        backward (a Function's backward, a hook, a reentrant checkpoint's recomputation)."""
+        detail, fix = self.detail(f).rstrip("."), self.fix(f)
+        if f.recompute_call:
+            call = (f"`{fixes._strip_comment(f.recompute_source)}`" if f.recompute_source
+                    else "the checkpoint call")
+            how = ("a reentrant checkpoint (use_reentrant=True) runs its function twice, "
+                   "under no_grad in forward (which saves nothing for backward) and again "
+                   "during backward with grad enabled, where this write ran"
+                   if f.recompute_reentrant else
+                   "a non-reentrant checkpoint reruns its region during backward, when "
+                   "backward first needs a tensor the region saved")
+            return (f"{detail}; the write ran in the recomputation of {call} at "
+                    f"{f.recompute_call}: {how}",
+                    f"{fix}; that line runs again at backward, when {call} at "
+                    f"{f.recompute_call} recomputes its region")
+        if f.backward_node and not f.pending:
+            return (f"{detail}; the write ran during backward, in the backward of "
+                    f"{f.backward_node} (its Function's backward or a hook on it), while other "
+                    "nodes, and any later backward through a retained graph "
+                    "(retain_graph=True), still need the saved bytes",
+                    f"{fix} in that backward (a backward may only write tensors it "
+                    "allocated itself; `.clone()` one it was handed before writing it)")
+        return self.detail(f), fix
 
 
 # -- the sentences ------------------------------------------------------------------------
@@ -407,6 +439,73 @@ _add(RuntimeKind(
                       "new values"),
     fix=lambda f: ("do not modify inputs of a checkpointed region before its backward: clone "
                    "the input before writing, or write it after `backward()`"),
+))
+
+def _read_detail(f: Facts) -> str:
+    if f.pending:
+        return (f"this write would change {f.what}, which a checkpointed region read in its "
+                "forward and will read again when it recomputes at backward; stopped before "
+                "the write (when='write')")
+    changed = (f"it is now at version {f.version_now}" if f.moved else
+               "its version did not move")
+    return (f"{f.what} is read inside a checkpointed region without being one of its inputs "
+            f"(the `checkpoint(...)` call under SAVED); saved there at version "
+            f"{f.version_saved}, {changed}, and its bytes differ: the recomputation during "
+            "backward reads the new values, so the gradient is silently wrong (PyTorch checks "
+            "no version there, and determinism_check compares only shape, dtype and device)")
+
+
+def _read_fix(f: Facts) -> str:
+    back = fixes.backward_call(f.backward_source)
+    after = f"`{back}`" if back else "the backward of that region"
+    write = f"`{fixes._strip_comment(f.write_source)}`" if f.write_source else "the write"
+    return (f"move {write} after {after}; or pass the tensor to the checkpointed function as "
+            "an argument and give the new values a new tensor (`self.mask = new_mask`, not "
+            "`self.mask.copy_(new_mask)`): checkpoint keeps its arguments, so the "
+            "recomputation reads the tensor the forward read")
+
+
+_READ_SETUP = (  # GGR105's example and its twin, up to the write
+    "import torch\n"
+    "from torch.utils.checkpoint import checkpoint\n\n"
+    "lin = torch.nn.Linear(3, 3)\n"
+    "mask = torch.ones(3)\n"
+    "x = torch.randn(2, 3, requires_grad=True)\n"
+    "y = checkpoint(lambda t: torch.tanh(lin(t)) * mask, x, use_reentrant=False)\n")
+
+_add(RuntimeKind(
+    code="GGR105", slug="checkpoint-read-mutated",
+    title=("a tensor a checkpointed region reads (not its input) was modified before the "
+           "region was recomputed"),
+    pytorch_message=None,
+    what_it_does=(
+        "Reports an in-place write, made after the forward of a non-reentrant "
+        "`torch.utils.checkpoint` region and before its backward, into a tensor the region "
+        "read without taking it as an input: a module's parameter or buffer (a mask "
+        "refilled per micro-batch), or a leaf tensor from the enclosing scope. It names the "
+        "write and the `checkpoint(...)` call, also when the write ran under `no_grad`. "
+        "Only a write that changed the bytes counts: one restored before backward is clean."),
+    why_bad=(
+        "Checkpoint drops what the region saved and reruns the region at backward. The rerun "
+        "reads parameters, buffers and closure tensors as they are then: the gradient is "
+        "computed from values the forward never used. Stock PyTorch says nothing (its "
+        "`determinism_check` compares only shape, dtype and device), with or without "
+        "`no_grad` around the write."),
+    fix_advice=(
+        "Make the write after the region's `backward()`; or pass the tensor to the "
+        "checkpointed function as an argument and give new values a new tensor "
+        "(`self.mask = new_mask` instead of `self.mask.copy_(new_mask)`), since checkpoint "
+        "keeps its arguments for the recomputation."),
+    example=Example(
+        source=(
+            _READ_SETUP +
+            "mask.copy_(torch.tensor([1.0, 0.0, 1.0]))  # the next micro-batch's mask\n"
+            "y.sum().backward()  # recomputes with the new mask\n"),
+        fixed=(
+            _READ_SETUP +
+            "y.sum().backward()\n"
+            "mask.copy_(torch.tensor([1.0, 0.0, 1.0]))  # after backward\n")),
+    detail=_read_detail, fix=_read_fix,
 ))
 
 _add(RuntimeKind(

@@ -83,6 +83,12 @@ class ProtectSession(DetectSession):
     # -- copy-on-write (the runtime tells the watcher of each write) -----------------------
     def before_writes(self, write: WriteRecord, records: Sequence[SavedRecord]) -> Any:
         to_copy: list[SavedRecord] = []
+        reads = [rec for rec in records if rec.kind == "checkpoint-read"]
+        if reads:
+            # What a checkpointed region reads is read again by its recomputation, from
+            # the live tensor: no copy can repair it; detect()'s evidence reports it.
+            DetectSession.before_writes(self, write, reads)
+            records = [rec for rec in records if rec.kind != "checkpoint-read"]
         for rec in records:
             kept = rec.extra
             if kept is None:
@@ -110,12 +116,16 @@ class ProtectSession(DetectSession):
     def kept_tensor(self, rec: SavedRecord) -> Optional[torch.Tensor]:
         """The copy taken before a write overwrote ``rec``'s bytes; ``rec.tensor`` itself
         when only writes elsewhere in its storage happened; None when it cannot be
-        repaired (a write we did not see changed it)."""
+        repaired (a write we did not see changed it). A copy is handed out as a copy of
+        its own: the backward that gets it may write into it (a Function's backward
+        reusing its saved buffer), and every other node, and the next backward through a
+        retained graph, must still read the saved bytes."""
         kept = rec.extra
         if kept is None or kept.tainted or rec.tensor._version != kept.expected:
             return None
         if kept.copy is not None:
-            return kept.copy
+            with torch.no_grad():
+                return kept.copy.clone()
         if not any(hit for _, hit in rec.writes or ()):
             return rec.tensor  # the saved bytes are intact
         return None
