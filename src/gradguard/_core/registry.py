@@ -129,7 +129,8 @@ def overlaps(saved: torch.Tensor, start: int, end: int, written: Optional[torch.
     s_start, s_end = byte_range(saved)
     if s_start >= end or start >= s_end or s_start == s_end or start == end:
         return False
-    if written is None or (dense(saved, s_start, s_end) and dense(written, start, end)):
+    if written is None or (saved.is_contiguous() and written.is_contiguous()) or (
+            dense(saved, s_start, s_end) and dense(written, start, end)):
         return True  # each fills its range: ranges that meet share elements
     item = saved.element_size()
     if written.element_size() != item or s_start % item or start % item:
@@ -228,11 +229,21 @@ class Registry:
     def on_storage(self, key: int) -> list[SavedRecord]:
         """Live records whose tensor lies in the storage ``key``."""
         with self._lock:
-            self._drain()
+            if self._pending:
+                self._drain()
             refs = self._index.get(key)
             if not refs:
                 return []
-            found = [r for r in (ref() for ref in refs) if r is not None]
+            found = []
+            for ref in refs:
+                rec = ref()
+                if rec is not None:
+                    found.append(rec)
+            if len(found) < len(refs):
+                # Drop the dead here: a storage written every step (a weight) would
+                # otherwise collect one dead entry a step until the next sweep.
+                self._index[key] = [ref for ref in refs if ref() is not None]
+                self._indexed_refs -= len(refs) - len(self._index[key])
         return found
 
     def records(self) -> list[SavedRecord]:

@@ -104,11 +104,21 @@ def _fingerprint(t: torch.Tensor) -> int:
 
 
 _UNREADABLE = -1  # never a CRC32 (those are unsigned)
+_SKIPPED = -2  # not taken: the record's conflict was already known (`_known_everywhere`)
 _state = intercept.state  # per-thread interception state (`unread` during batch norm)
 _PLAIN = (torch.Tensor, torch.nn.Parameter)  # no subclass whose data_ptr could mislead
 
 
 def _crc(t: torch.Tensor) -> int:
+    if t.is_cpu and type(t) in _PLAIN and t.is_contiguous():  # the common case, in short
+        size = t.nbytes
+        start = int(t.storage_offset()) * t.element_size()
+        storage = t.untyped_storage()
+        if storage.nbytes() < start + size:
+            return _UNREADABLE  # its storage was freed (resized to 0): nothing to read
+        if size == 0:
+            return 0
+        return zlib.crc32((ctypes.c_char * size).from_address(storage.data_ptr() + start))
     start, end = byte_range(t)
     if not has_bytes(t, end):
         return _UNREADABLE  # its storage was freed (resized to 0): nothing to read
@@ -169,6 +179,7 @@ class DetectSession(Session):
         self._watcher: Optional[Session] = None
         self._repairs_seen: set = set()
         self._built: dict[tuple, Conflict] = {}  # raw sites and storage -> its conflict
+        self._dedup_keys: dict[int, tuple] = {}  # id(a conflict in _built) -> dedup_key()
         self._add = runtime.registry.add
         # ctx records -> (the code of the Function's forward, the attribute): to name the assignment
         # line when a conflict on one is reported.
@@ -292,6 +303,8 @@ class DetectSession(Session):
                 if kept is not t:  # copy-on-write kept the saved bytes: backward gets them
                     self._repaired(rec)
                 return kept
+        if rec.checksum == _SKIPPED and t._version == rec.version:
+            return t  # its conflict was known everywhere at the write: nothing to judge
         if self._known_everywhere(rec, t):
             return t
         damage = self._damage(rec, t)
@@ -299,25 +312,32 @@ class DetectSession(Session):
             self.confirm(rec, outside=damage == "outside")
         return t
 
-    def _known_everywhere(self, rec: SavedRecord, t: torch.Tensor) -> bool:
+    def _known_everywhere(self, rec: SavedRecord, t: torch.Tensor,
+                          write: Optional[WriteRecord] = None) -> bool:
         """Whether confirming ``rec`` could only find a conflict already reported to this
-        session and every enclosing one: one overlapping write, the version unmoved, and
-        neither raising nor eager. Then the fingerprint at unpack and the report are
-        skipped -- the answer would change nothing (delivering a known conflict in
-        "record"/"warn" mode is a no-op) -- which is what keeps a training loop with a
-        silent write in every step at the cost of a plain one (`benchmarks/conflict_path.py`)."""
+        session and every enclosing one: one overlapping write (``write``, when asked
+        at that write), the version unmoved, and neither raising nor eager. Then the
+        fingerprints and the report are skipped -- the answer would change nothing
+        (delivering a known conflict in "record"/"warn" mode is a no-op) -- which is what
+        keeps a training loop with the same silent write in every step cheap
+        (`benchmarks/conflict_path.py`)."""
         if self.on_conflict == "raise" or self.eager or t._version != rec.version:
             return False
-        timeline = rec.extra
-        if not isinstance(timeline, _Timeline) or len(timeline.hits) != 1 or not rec.writes:
-            return False
-        write = rec.writes[timeline.hits[0]][0]
+        if write is None:
+            timeline = rec.extra
+            if not isinstance(timeline, _Timeline) or len(timeline.hits) != 1 or not rec.writes:
+                return False
+            write = rec.writes[timeline.hits[0]][0]
         key = (_KIND_OF_RECORD[_record_kind(rec)], write.stack[:1], rec.stack[:1],
                rec.key if rec.key is not None else storage_key(t), False, False)
         known = self._built.get(key)
         if known is None:
             return False
-        seen = known.dedup_key()
+        seen = self._dedup_keys.get(id(known))
+        if seen is None:
+            seen = self._dedup_keys[id(known)] = known.dedup_key()  # known stays in _built
+        if self.parent is None:
+            return seen in self._seen
         return all(seen in session._seen for session in self.enclosing()
                    if isinstance(session, DetectSession))
 
@@ -330,7 +350,7 @@ class DetectSession(Session):
         the same values) leave no damage: bytes, not writes, decide."""
         if t._version != rec.version:
             return "version"
-        if rec.checksum is None:
+        if rec.checksum is None or rec.checksum == _SKIPPED:
             return None
         if rec.checksum != _UNREADABLE and _fingerprint(t) == rec.checksum:
             return None
@@ -367,8 +387,17 @@ class DetectSession(Session):
                 timeline = rec.extra = _Timeline()
             unmoved = rec.tensor._version == rec.version
             if rec.checksum is None:
-                if unmoved:  # the saved bytes, before the first write that may change them
+                if not unmoved:
+                    pass
+                elif (not timeline.hits and isinstance(rec.owner, DetectSession)
+                      and rec.owner._known_everywhere(rec, rec.tensor, write)):
+                    # Its conflict is known everywhere: no evidence can add to it. Without a
+                    # fingerprint, a later write to it cannot be judged: none is reported.
+                    rec.checksum = _SKIPPED
+                else:  # the saved bytes, before the first write that may change them
                     rec.checksum = _fingerprint(rec.tensor)
+            elif rec.checksum == _SKIPPED:
+                pass
             elif timeline.hits and timeline.first_change is None and unmoved:
                 # Did the previous overlapping write change the saved bytes? (One fingerprint
                 # a write, taken before the next one, instead of one after each.)
