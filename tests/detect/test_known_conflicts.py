@@ -64,3 +64,24 @@ def test_a_restoring_write_after_a_known_conflict_is_still_clean():
         loss.backward()
     assert fresh.conflicts == []
     assert len(shared.conflicts) == 1
+
+
+def test_after_a_known_write_a_restore_adds_nothing_and_a_moved_version_still_raises():
+    lin, x = _setup()
+    shared = gradguard.detect(on_conflict="record")
+    with shared:
+        _step(lin, x, 0.5)
+    with shared:  # the known write, then one that puts the bytes back: nothing new
+        loss = lin(x).square().sum()
+        kept = lin.weight.detach().clone()
+        lin.weight.data.add_(0.5)
+        lin.weight.data.copy_(kept)  # RESTORE
+        loss.backward()
+    assert len(shared.conflicts) == 1
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        with shared:  # the known write, then one PyTorch sees: stock's error, as without us
+            loss = lin(x).square().sum()
+            lin.weight.data.add_(0.5)
+            with torch.no_grad():
+                lin.weight.mul_(1.0)
+            loss.backward()
