@@ -50,7 +50,8 @@ class SavedRecord:
 
     __slots__ = (
         "tensor", "version", "key", "owner", "watcher", "stack", "kind", "label", "writes",
-        "checksum", "producer", "inner", "fresh", "extra", "source", "__weakref__",
+        "checksum", "producer", "inner", "fresh", "extra", "source", "output_nr", "grad_fn_id",
+        "__weakref__",
     )
 
     def __init__(self, tensor: torch.Tensor, version: int, key: Optional[int], owner: Any,
@@ -73,10 +74,14 @@ class SavedRecord:
         # no module's parameter or buffer (reports skip the costly search for a name).
         self.fresh = False
         self.extra: Any = None  # the watcher's own per-record state (copy-on-write's copy)
-        # For a non-leaf: (weak reference to the tensor autograd was handed, its output_nr,
-        # id of its grad_fn) at save time -- what PyTorch's own unpack checks consult, and
-        # which hooks switch off: a later `.detach_()`, the producer named in its message.
-        self.source: Optional[tuple[Any, int, int]] = None
+        # For a non-leaf: a weak reference to the tensor autograd was handed, its output_nr
+        # and the id of its grad_fn at save time -- what PyTorch's own unpack checks
+        # consult, and which hooks switch off: a later `.detach_()`, the producer named in
+        # its message. (Slots, not a tuple: each object that outlives a save counts
+        # towards the next garbage collection.)
+        self.source: Any = None
+        self.output_nr = 0
+        self.grad_fn_id = 0
 
 
 def storage_key(t: torch.Tensor) -> Optional[int]:
@@ -145,14 +150,26 @@ def overlaps(saved: torch.Tensor, start: int, end: int, written: Optional[torch.
         return bool(hit.any())
 
 
+class _RecordRef(weakref.ref):
+    """The registry's one weak reference to a record: queued by `Registry.add`, then moved
+    into the index; ``indexed`` says whether its death is counted (one allocation a saved
+    tensor, not two: what survives a save is what makes the garbage collector run)."""
+
+    __slots__ = ("indexed",)
+
+    def __init__(self, rec: SavedRecord, callback: Any) -> None:
+        super().__init__(rec, callback)  # type: ignore[call-arg]  # ref.__init__ takes both
+        self.indexed = False
+
+
 class Registry:
     """Live saved records, indexed by storage when a write needs them.
 
     `add` runs once per saved tensor, so it only appends a weak reference to a queue. The
     queue is indexed by storage lazily, when an intercepted write needs to look up its
     storage (or the queue grows long): most records die with their graph before any write
-    happens, and never cost a lookup, a lock or a callback. Indexed records carry a weak
-    reference callback that keeps the count of live indexed records exact, which is what
+    happens, and never cost a lookup or a lock. The reference's callback keeps the count of
+    live indexed records exact, which is what
     lets a write with nothing saved (every optimizer step after backward) return at once.
     Thread-safe: unpack and graph teardown run on autograd worker threads.
     """
@@ -163,15 +180,15 @@ class Registry:
     def __init__(self) -> None:
         # Reentrant: a record can die (and its callback take the lock) while we hold it.
         self._lock = threading.RLock()
-        self._pending: deque[weakref.ref] = deque()
-        self._index: dict[int, list[weakref.ref]] = {}
+        self._pending: deque[_RecordRef] = deque()
+        self._index: dict[int, list[_RecordRef]] = {}
         self._indexed_live = 0
         self._indexed_refs = 0  # dead ones included, until a sweep
         self._on_dead = self._count_dead
 
     def add(self, rec: SavedRecord) -> None:
         pending = self._pending
-        pending.append(weakref.ref(rec))
+        pending.append(_RecordRef(rec, self._on_dead))
         if len(pending) > self._DRAIN_AT:
             with self._lock:
                 self._drain()
@@ -180,9 +197,10 @@ class Registry:
         """Cheap: False only when no record can be alive."""
         return bool(self._pending) or self._indexed_live > 0
 
-    def _count_dead(self, _ref: weakref.ref) -> None:
-        with self._lock:
-            self._indexed_live -= 1
+    def _count_dead(self, ref: "_RecordRef") -> None:
+        if ref.indexed:
+            with self._lock:
+                self._indexed_live -= 1
 
     def _drain(self) -> None:
         pending = self._pending
@@ -202,7 +220,8 @@ class Registry:
             bucket = index.get(rec.key)
             if bucket is None:
                 bucket = index[rec.key] = []
-            bucket.append(weakref.ref(rec, self._on_dead))
+            bucket.append(ref)  # the same reference: one per record, its callback counts
+            ref.indexed = True
             self._indexed_live += 1
             self._indexed_refs += 1
             del rec
@@ -210,7 +229,7 @@ class Registry:
             self._sweep()
 
     def _sweep(self) -> None:
-        live: dict[int, list[weakref.ref]] = {}
+        live: dict[int, list[_RecordRef]] = {}
         count = 0
         for key, refs in self._index.items():
             kept = [r for r in refs if r() is not None]

@@ -148,15 +148,27 @@ def capture(skip: int = 1, limit: int = MAX_STACK,
     return tuple(_walk_kept(frame, limit, search)[0]), inner
 
 
+# The torch/gradguard code below first frames outside it, interned as a trie keyed by
+# id(code) (codes classified are pinned): the same few call paths (a conv's, a norm's)
+# recur every save, and a tuple kept by every saved record would otherwise be a new
+# object a save. Each node: id(code) -> (the path so far, its children).
+_InnerNode = dict
+_inner_root: _InnerNode = {}
+_inner_count = 0
+_MAX_INNER = 100_000
+
+
 def _first_outside(skip: int) -> Tuple[Optional[FrameType], Tuple[CodeType, ...]]:
     """The first frame outside torch and gradguard from ``sys._getframe(skip)`` outwards
     (None if none within `MAX_WALK`), and the torch/gradguard code walked to reach it,
     innermost first. ``skip`` counts from this function's own frame."""
+    global _inner_root, _inner_count
     try:
         frame: Optional[FrameType] = sys._getframe(skip)
     except ValueError:  # a thread with fewer Python frames (a TorchScript fork's)
         return None, ()
-    inner: list[CodeType] = []
+    path: Tuple[CodeType, ...] = ()
+    node = _inner_root
     internal = _internal_code
     budget = MAX_WALK
     while frame is not None and budget:
@@ -166,10 +178,16 @@ def _first_outside(skip: int) -> Tuple[Optional[FrameType], Tuple[CodeType, ...]
         if hit is None:
             hit = _is_internal(code)
         if not hit:
-            return frame, tuple(inner)
-        inner.append(code)
+            return frame, path
+        entry = node.get(id(code))
+        if entry is None:
+            if _inner_count >= _MAX_INNER:
+                _inner_root, _inner_count = {}, 0
+            _inner_count += 1
+            entry = node[id(code)] = (path + (code,), {})
+        path, node = entry
         frame = frame.f_back
-    return None, tuple(inner)
+    return None, path
 
 
 def _walk_kept(frame: Optional[FrameType], limit: int, search: int,

@@ -250,7 +250,7 @@ def _saving_node(rec: Any, frames: Sequence[Any]) -> Optional[str]:
         stack.extend(child for child, _ in fn.next_functions if child is not None)
     # An op that saved its own output (sigmoid, tanh, exp): unpacking hands back a new
     # tensor object (with the node as grad_fn) on the same bytes.
-    original = rec.source[0]() if rec.source is not None else None
+    original = rec.source() if rec.source is not None else None
     own = original.grad_fn if original is not None else None
     if own is not None and any(_same_tensor(v, rec.tensor) for v in _saved_values(own, "result")):
         return str(own.name())

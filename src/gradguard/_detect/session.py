@@ -252,7 +252,9 @@ class DetectSession(Session):
             else:
                 rec = SavedRecord(t.detach(), version, None, self, stack)
                 rec.fresh = not t._is_view()
-                rec.source = (weakref.ref(t), t.output_nr, id(grad_fn))
+                rec.source = weakref.ref(t)
+                rec.output_nr = t.output_nr
+                rec.grad_fn_id = id(grad_fn)
             rec.inner = entry
             rec.producer = type(grad_fn)
             rec.watcher = self._watcher
@@ -276,7 +278,7 @@ class DetectSession(Session):
             return t
         source = rec.source
         if source is not None:
-            original = source[0]()
+            original = source()
             if (original is not None and original.grad_fn is None
                     and not isinstance(torch._C._current_autograd_node(), BackwardCFunction)):
                 # PyTorch's own check, which hooks switch off (SavedVariable::unpack); stock
@@ -560,12 +562,11 @@ class DetectSession(Session):
         saved input, none for a leaf."""
         which = ""
         if rec.source is not None:
-            ref, output_nr, grad_fn_id = rec.source
             node = torch._C._current_autograd_node()
-            if node is not None and id(node) == grad_fn_id:
-                which = f", which is output {output_nr} of {_short_node(type(node).__name__)},"
+            if node is not None and id(node) == rec.grad_fn_id:
+                which = f", which is output {rec.output_nr} of {_short_node(type(node).__name__)},"
             else:
-                original = ref()
+                original = rec.source()
                 grad_fn = getattr(original, "grad_fn", None)
                 if grad_fn is not None:
                     which = (f", which is output {original.output_nr} of "
