@@ -13,6 +13,7 @@ import re
 from typing import Optional
 
 from gradguard._findings.twins import dotted
+from gradguard.lint.classes import scalar_attrs, unpassed_none_params
 from gradguard.lint.modules import ModuleScanner
 from gradguard.lint.names import _CONVENTIONAL, _nested_defs, collect_aliases, frameworks_in
 from gradguard.lint.statements import ScopeWalker
@@ -37,6 +38,7 @@ class FileAnalyzer(ModuleScanner):
         self._summaries: dict = {}
         self.call_sites: dict = {}  # id(top-level FunctionDef) -> [{param: the argument cannot require grad}]
         self._spans: dict = {}  # id(FunctionDef) -> where its facts are, for a re-walk
+        self._class_facts: dict = {}  # id(ClassDef) -> (scalar attributes, never-passed None parameters)
 
     def qual(self, node: ast.AST, local: Optional[set] = None) -> Optional[str]:
         d = dotted(node)
@@ -50,6 +52,13 @@ class FileAnalyzer(ModuleScanner):
         else:
             return None
         return f"{base}.{rest}" if rest else base
+
+    def class_facts(self, cls: ast.ClassDef) -> tuple[frozenset, dict]:
+        """``classes.scalar_attrs`` and ``classes.unpassed_none_params`` of ``cls``, once."""
+        got = self._class_facts.get(id(cls))
+        if got is None:
+            got = self._class_facts[id(cls)] = (scalar_attrs(cls), unpassed_none_params(cls))
+        return got
 
     def run(self) -> Facts:
         fw = self.facts.frameworks

@@ -58,6 +58,7 @@ class Analyzer(Protocol):
     def module_ctor(self, call: ast.Call, local: Optional[set[str]] = None) -> Optional[ModuleInfo]: ...
     def function_summary(self, name: str, cls_name: Optional[str] = None) -> Optional[FunctionSummary]: ...
     def note_call(self, name: str, node: ast.Call, args: list[Val], kwargs: dict[Optional[str], Val]) -> None: ...
+    def class_facts(self, cls: ast.ClassDef) -> tuple[frozenset[str], dict[str, frozenset[str]]]: ...
 
 
 class ExpressionEvaluator:
@@ -78,6 +79,7 @@ class ExpressionEvaluator:
     class_modules: dict[str, ModuleInfo]
     ctx_name: Optional[str]
     has_torch: bool
+    dead_saves: int
 
     if TYPE_CHECKING:  # defined by ``statements.ScopeWalker``
         def qual(self, node: ast.AST) -> Optional[str]: ...
@@ -201,6 +203,10 @@ class ExpressionEvaluator:
             b.reads.append(self.index)
             return b.val
         if d is not None and isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
+            if self.cls is not None and node.attr in self.fa.class_facts(self.cls)[0]:
+                v = Val(OTHER, temp=False)  # only ever a Python number (classes.scalar_attrs)
+                self.env[d] = Binding(d, v, -1)
+                return v
             v = Val(MAYBE, Obj(MAYBE, external=True), temp=False, nograd=bool(_NOGRAD_NAME_RE.search(node.attr)))
             self.env[d] = Binding(d, v, -1)
             return v
@@ -216,7 +222,7 @@ class ExpressionEvaluator:
             return Val(JAX, base.obj)
         if attr == "grad" and base.kind in (TENSOR, MAYBE):
             # a .grad tensor does not require grad (outside backward(create_graph=True))
-            return Val(MAYBE, Obj(MAYBE, external=True), temp=False, nograd=True)
+            return Val(MAYBE, Obj(MAYBE, external=True), temp=False, nograd=True, gradient=True)
         if base.kind == JAX:
             return self.new(JAX)
         return Val(MAYBE, Obj(MAYBE, external=True), temp=False)
@@ -277,7 +283,9 @@ class ExpressionEvaluator:
         return self.new(v.kind, v.origin, nograd=v.nograd)
 
     def ev_Compare(self, node: ast.Compare) -> Val:
+        self.dead_saves += 1  # a boolean result: no gradient flows into the operands
         vals = [self.ev(node.left)] + [self.ev(c) for c in node.comparators]
+        self.dead_saves -= 1
         if isinstance(node.ops[0], (ast.Is, ast.IsNot, ast.In, ast.NotIn)):
             return _OTHER
         return self.new(TENSOR if any(v.kind == TENSOR for v in vals) else MAYBE, nograd=True)
@@ -298,6 +306,12 @@ class ExpressionEvaluator:
         func = node.func
         q = self.qual(func)
         recv: Optional[Val] = None
+        alias = _getattr_self_default(node)
+        if alias is not None:
+            return self.ev(alias).view()  # getattr(t, "to_local", lambda: t)(): t, or its local shard
+        int_result = q is not None and q.startswith("torch.") and q.rsplit(".", 1)[-1] in _INT_RESULT or (
+            q is None and isinstance(func, ast.Attribute) and func.attr in _INT_RESULT)
+        self.dead_saves += int_result
         if q is None and isinstance(func, ast.Attribute):
             recv = self.ev(func.value)
         elif q is None:
@@ -309,6 +323,7 @@ class ExpressionEvaluator:
             self.sink += 1
         args = [self.ev(a) for a in node.args]
         kwargs = {k.arg: self.ev(k.value) for k in node.keywords}
+        self.dead_saves -= int_result
         if sink:
             self.sink -= 1
         if q is not None:
@@ -322,6 +337,8 @@ class ExpressionEvaluator:
             if func.id in _SCALAR_BUILTINS:
                 return _OTHER
             if func.id in _PURE_BUILTINS:
+                if args and all(v.kind == OTHER for v in args) and all(v.kind == OTHER for v in kwargs.values()):
+                    return _OTHER  # max(progress, 0.0) of numbers: a number
                 return Val(MAYBE, Obj(MAYBE), origin=_min_origin(*(v.origin for v in args)))
             if self.has_torch:
                 summary = self.fa.function_summary(func.id)
@@ -623,6 +640,24 @@ class ExpressionEvaluator:
                 origin_line = self.index_lines.get(loss.origin, 0)
                 self.facts.step_hazards.append(StepHazard(node, label, origin_line, step.lineno, text, step))
                 return
+
+
+# Ops whose result is an integer or boolean tensor: no gradient flows back through them.
+_INT_RESULT = frozenset({"argmax", "argmin", "argsort", "argwhere", "nonzero", "count_nonzero", "bucketize",
+                         "searchsorted", "isnan", "isinf", "isfinite", "isclose", "eq", "ne", "lt", "le", "gt", "ge"})
+
+
+def _getattr_self_default(node: ast.Call) -> Optional[ast.Name]:
+    """``t`` for ``getattr(t, "name", lambda: t)()``: the method's result or ``t`` itself."""
+    f = node.func
+    if (node.args or node.keywords or not isinstance(f, ast.Call) or not isinstance(f.func, ast.Name)
+            or f.func.id != "getattr" or len(f.args) != 3 or f.keywords):
+        return None
+    obj, _name, default = f.args
+    if (isinstance(obj, ast.Name) and isinstance(default, ast.Lambda) and not default.args.args
+            and isinstance(default.body, ast.Name) and default.body.id == obj.id):
+        return obj
+    return None
 
 
 _FACTORIES = frozenset(f"torch.{n}" for n in (

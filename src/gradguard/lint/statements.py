@@ -7,6 +7,7 @@ import re
 from typing import Any, Callable, Optional, cast
 
 from gradguard._findings.twins import dotted
+from gradguard.lint.classes import dead_arm
 from gradguard.lint.expressions import Analyzer, ExpressionEvaluator, TapeRecord
 from gradguard.lint.names import _NOGRAD_NAME_RE, _decorated_no_grad, _is_autograd_function, data_owner
 from gradguard.lint.values import (
@@ -59,6 +60,8 @@ class ScopeWalker(ExpressionEvaluator):
         self.index_lines: dict[int, int] = {}
         self.branch = []  # (id of an If/Try statement, arm) for each enclosing arm
         self.params: set[str] = set()
+        self.dead_saves = 0  # > 0 inside the operands of an op with an integer result
+        self.never_passed: frozenset[str] = frozenset()  # None parameters no call passes (classes)
 
     # -- helpers --------------------------------------------------------
     def qual(self, node: ast.AST) -> Optional[str]:
@@ -82,8 +85,14 @@ class ScopeWalker(ExpressionEvaluator):
     def save(self, v: Val, op: str, node: ast.expr, output: bool = False,
              grad_from: Optional[list[Val]] = None) -> None:
         """Record that ``op`` saved ``v`` -- autograd only saves when something it
-        differentiates (``grad_from``, default ``v`` itself) may require grad."""
-        if v.obj is None or v.kind not in (TENSOR, MAYBE) or self.no_grad:
+        differentiates (``grad_from``, default ``v`` itself) may require grad.
+
+        Not recorded: saves of a ``.grad`` tensor (gradient post-processing after
+        backward -- projections, clipping -- builds graphs nothing backpropagates), and
+        saves while evaluating the operand of an op with an integer result
+        (``torch.argmax(torch.abs(u))``, ``torch.exp(x) > 1``): no gradient flows back
+        through it, so the saved tensor is never read."""
+        if v.obj is None or v.kind not in (TENSOR, MAYBE) or self.no_grad or self.dead_saves or v.gradient:
             return
         if all(g.nograd or g.obj is None for g in (grad_from if grad_from is not None else [v])):
             return
@@ -125,6 +134,8 @@ class ScopeWalker(ExpressionEvaluator):
         is_method = self.cls is not None and not any(
             (dotted(d) or "") == "staticmethod" for d in fn.decorator_list)
         self.is_method = is_method
+        if self.cls is not None:
+            self.never_passed = self.fa.class_facts(self.cls)[1].get(fn.name, frozenset())
         ag_fn = _is_autograd_function(self.cls, self.qual) and fn.name == "forward"
         for i, a in enumerate(all_args):
             self.locals.add(a.arg)
@@ -208,10 +219,13 @@ class ScopeWalker(ExpressionEvaluator):
                 self.returns.append(self.ev(stmt.value))
         elif isinstance(stmt, ast.If):
             self.ev(stmt.test)
+            dead = dead_arm(stmt.test, self.never_passed) if self.never_passed else None
             self.branch.append((id(stmt), "body"))
-            self.walk_body(stmt.body)
+            if dead != "body":
+                self.walk_body(stmt.body)
             self.branch[-1] = (id(stmt), "orelse")
-            self.walk_body(stmt.orelse)
+            if dead != "orelse":
+                self.walk_body(stmt.orelse)
             self.branch.pop()
         elif isinstance(stmt, ast.While):
             self.ev(stmt.test)

@@ -95,6 +95,7 @@ class Val:
     module: Optional[ModuleInfo] = None
     optimizer: bool = False
     nograd: bool = False  # cannot require grad: factories, ids/masks, .detach(), int casts
+    gradient: bool = False  # a `.grad` tensor (or an alias): a graph built from it is never backpropagated
     items: Optional[dict] = None  # a list/tuple/dict display: constant index or key -> Val
     leaf: Optional[str] = None  # a leaf that requires grad (or a view of one): how we know
     multi_view: Optional[str] = None  # an output of split/chunk/unbind (one node, several views)
