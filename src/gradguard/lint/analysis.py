@@ -73,7 +73,7 @@ class FileAnalyzer(ModuleScanner):
         self._rewalk_with_nograd_arguments()
         return self.facts
 
-    _FACT_LISTS = ("writes", "step_hazards", "ctx_stores", "tape_events")
+    _FACT_LISTS = ("writes", "step_hazards", "ddp_hazards", "ctx_stores", "tape_events")
 
     def note_call(self, name: str, node: ast.Call, args: list, kwargs: dict) -> None:
         """A call ``name(...)`` of a top-level function of this file: which of its

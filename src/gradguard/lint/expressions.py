@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from gradguard._findings.twins import dotted
 from gradguard.lint import tables as T
+from gradguard.lint.ddp import DDP_CLASSES, ddp_model, hazard, merge_forwards, record_forward
 from gradguard.lint.names import _NOGRAD_NAME_RE, _OPTIMIZER_RE, _display, _is_true, data_owner
 from gradguard.lint.values import (
     _OTHER,
@@ -80,6 +81,11 @@ class ExpressionEvaluator:
     ctx_name: Optional[str]
     has_torch: bool
     dead_saves: int
+    no_sync: int  # depth of `with model.no_sync():` blocks
+    no_grad: int
+    track_fwd: bool  # the file mentions DistributedDataParallel: carry Val.fwd (see ``ddp``)
+    fwd_frames: list[tuple]
+    fwd_seq: int
 
     if TYPE_CHECKING:  # defined by ``statements.ScopeWalker``
         def qual(self, node: ast.AST) -> Optional[str]: ...
@@ -93,6 +99,23 @@ class ExpressionEvaluator:
                          **kw: Any) -> None: ...
 
     def ev(self, node: ast.AST, stmt_level: bool = False) -> Val:
+        if not self.track_fwd:
+            return self._ev(node, stmt_level)
+        frames = self.fwd_frames
+        frames.append(())
+        v = self._ev(node, stmt_level)
+        dep = frames.pop()
+        if v.nograd:  # no graph: it depends on no forward
+            return v.view(fwd=()) if v.fwd else v
+        if dep:
+            merged = merge_forwards(v.fwd, dep)
+            if merged is not v.fwd:
+                v = v.view(fwd=merged)
+        if frames and v.fwd:
+            frames[-1] = merge_forwards(frames[-1], v.fwd)
+        return v
+
+    def _ev(self, node: ast.AST, stmt_level: bool = False) -> Val:
         m = getattr(self, "ev_" + type(node).__name__, None)
         if m is not None:
             if type(node) is ast.Call:
@@ -333,6 +356,8 @@ class ExpressionEvaluator:
         # calling a local value: a module instance we know, or anything else
         if callee.module is not None:
             return self._call_module(node, callee.module, args, stmt_level, dotted(func) or "module")
+        if callee.ddp is not None:
+            return self._ddp_forward(node, callee.ddp, args, kwargs)
         if isinstance(func, ast.Name) and func.id not in self.locals:
             if func.id in _SCALAR_BUILTINS:
                 return _OTHER
@@ -409,6 +434,9 @@ class ExpressionEvaluator:
             return self._unknown_call(node, args, kwargs)
         if q.startswith("torch.optim.") and short[:1].isupper():
             return Val(OTHER, optimizer=True)
+        if q in DDP_CLASSES:
+            self._unknown_call(node, args, kwargs)
+            return ddp_model(node)
         if q in ("torch.autograd.backward", "torch.autograd.grad") and node.args:
             self._backward(node, node.args[0], args[0] if args else None)
             return self.new(MAYBE)
@@ -496,6 +524,11 @@ class ExpressionEvaluator:
             return self._call_module(node, self.class_modules[m], args, stmt_level, f"self.{m}")
         if recv.module is not None and m == "forward":
             return self._call_module(node, recv.module, args, stmt_level, rd or "module")
+        if recv.ddp is not None:
+            if m == "forward":
+                return self._ddp_forward(node, recv.ddp, args, kwargs)
+            if m in _MODULE_SELF_METHODS:
+                return recv  # model.train(), model.to(device): the same DDP model
         if m == "backward" and self.has_torch:
             if isinstance(func.value, ast.Call) and isinstance(func.value.func, ast.Attribute) \
                     and func.value.func.attr == "scale" and func.value.args:
@@ -625,12 +658,23 @@ class ExpressionEvaluator:
             self.save(out, label, node, output=True, grad_from=[x])
         return out
 
+    def _ddp_forward(self, node: ast.Call, model, args: list, kwargs: dict) -> Val:
+        """``model(x)`` of a ``DistributedDataParallel`` model (see ``ddp``)."""
+        self._unknown_call(node, args, kwargs)
+        self.fwd_seq += 1
+        f = record_forward(model, node, self.fwd_seq, tuple(self.branch), bool(self.no_grad), bool(self.no_sync))
+        return Val(MAYBE, Obj(MAYBE), origin=self.index, nograd=bool(self.no_grad), fwd=(f,) if f.grad else ())
+
     def _backward(self, node: ast.AST, loss_node: ast.AST, loss: Optional[Val]) -> None:
         if loss is None:
             if isinstance(loss_node, ast.Name) and loss_node.id in self.env:
                 loss = self.env[loss_node.id].val
             else:
                 return
+        if loss.fwd:
+            found = hazard(loss, node, tuple(self.branch))
+            if found is not None:
+                self.facts.ddp_hazards.append(found)
         if loss.origin is None:
             return
         here = tuple(self.branch)

@@ -8,6 +8,7 @@ from typing import Any, Callable, Optional, cast
 
 from gradguard._findings.twins import dotted
 from gradguard.lint.classes import dead_arm
+from gradguard.lint.ddp import merge_forwards
 from gradguard.lint.expressions import Analyzer, ExpressionEvaluator, TapeRecord
 from gradguard.lint.names import _NOGRAD_NAME_RE, _decorated_no_grad, _is_autograd_function, data_owner
 from gradguard.lint.values import (
@@ -60,6 +61,10 @@ class ScopeWalker(ExpressionEvaluator):
         self.index_lines: dict[int, int] = {}
         self.branch = []  # (id of an If/Try statement, arm) for each enclosing arm
         self.params: set[str] = set()
+        self.no_sync = 0
+        self.track_fwd = self.has_torch and "DistributedDataParallel" in fa.source
+        self.fwd_frames: list[tuple] = []
+        self.fwd_seq = 0
         self.dead_saves = 0  # > 0 inside the operands of an op with an integer result
         self.never_passed: frozenset[str] = frozenset()  # None parameters no call passes (classes)
 
@@ -303,7 +308,7 @@ class ScopeWalker(ExpressionEvaluator):
         self.loop_depth -= 1
 
     def walk_with(self, stmt: ast.With | ast.AsyncWith) -> None:
-        pushed_grad = 0
+        pushed_grad = pushed_sync = 0
         tape = False
         for item in stmt.items:
             ce = item.context_expr
@@ -314,15 +319,19 @@ class ScopeWalker(ExpressionEvaluator):
                 pushed_grad += 1
             elif q.endswith("GradientTape") and (q.startswith("tensorflow") or q == "GradientTape"):
                 tape = True
+            elif isinstance(ce, ast.Call) and isinstance(ce.func, ast.Attribute) and ce.func.attr == "no_sync":
+                pushed_sync += 1
             v = self.ev(ce)
             if item.optional_vars is not None:
                 self.assign(item.optional_vars, Val(OTHER) if tape else v, None)
         self.no_grad += pushed_grad
+        self.no_sync += pushed_sync
         if tape:
             self.tape.append([])
         start = self.index
         self.walk_body(stmt.body)
         self.no_grad -= pushed_grad
+        self.no_sync -= pushed_sync
         if tape:
             self._finish_tape(self.tape.pop(), stmt, start)
 
@@ -467,6 +476,8 @@ class ScopeWalker(ExpressionEvaluator):
             self.mark_tensor(cur)
         if v.origin is not None and (cur.origin is None or v.origin < cur.origin):
             cur.origin = v.origin
+        if v.fwd and not v.nograd:
+            cur.fwd = merge_forwards(cur.fwd, v.fwd)
 
     def _attr_place(self, node: ast.Attribute) -> Val:
         d = dotted(node)
