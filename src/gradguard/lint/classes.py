@@ -14,7 +14,9 @@ numbers, and which parameters of a private method no call in the class ever pass
 from __future__ import annotations
 
 import ast
-from typing import Iterator
+from typing import Iterator, Optional
+
+from gradguard.lint.names import _walk_statements
 
 _SCALAR_CALLS = frozenset({"int", "float", "bool", "str", "len", "round", "abs", "min", "max", "sum"})
 _SCALAR_ANNOTATION = frozenset({"int", "float", "bool", "str", "Optional[int]", "Optional[float]",
@@ -71,40 +73,83 @@ def _self_attr(node: ast.AST) -> str | None:
     return None
 
 
+def _stored_self_attrs(target: ast.AST) -> Iterator[str]:
+    """``self.<attr>`` names a (tuple) target rebinds."""
+    if isinstance(target, (ast.Tuple, ast.List)):
+        for e in target.elts:
+            yield from _stored_self_attrs(e)
+    elif isinstance(target, ast.Starred):
+        yield from _stored_self_attrs(target.value)
+    else:
+        name = _self_attr(target)
+        if name is not None:
+            yield name
+
+
 def scalar_attrs(cls: ast.ClassDef) -> frozenset[str]:
-    """``self.<attr>`` names that only ever hold Python scalars (see the module doc)."""
-    if any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "setattr" for n in ast.walk(cls)):
-        return frozenset()  # setattr(self, name, v): any attribute may hold anything
+    """``self.<attr>`` names that only ever hold Python scalars (see the module doc).
+    Statement-level (assignment targets, loop and ``with`` targets), so cheap; the
+    caller rules out files with ``setattr(self, ...)``."""
     good: set[str] = set()
     bad: set[str] = set()
-    simple: set[int] = set()  # the target nodes of scalar assignments
     for fn in _methods(cls):
-        params = _scalar_params(fn)
-        for stmt in ast.walk(fn):
-            if isinstance(stmt, (ast.Assign, ast.AnnAssign, ast.AugAssign)) and stmt.value is not None:
+        params: Optional[set[str]] = None
+        for stmt in _walk_statements(fn.body):
+            if isinstance(stmt, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
                 for t in stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]:
                     name = _self_attr(t)
-                    if name is not None and _is_scalar(stmt.value, params):
-                        good.add(name)
-                        simple.add(id(t))
-    for node in ast.walk(cls):
-        # any other store (`self.a, self.b = ...`, a tensor value, `for self.i in ...`) is unknown
-        if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) and id(node) not in simple:
-            name = _self_attr(node)
-            if name is not None:
-                bad.add(name)
+                    if name is not None and stmt.value is not None:
+                        if params is None:
+                            params = _scalar_params(fn)
+                        (good if _is_scalar(stmt.value, params) else bad).add(name)
+                    elif not isinstance(t, ast.Name):
+                        bad.update(_stored_self_attrs(t))  # `self.a, self.b = ...`: unknown
+            elif isinstance(stmt, (ast.For, ast.AsyncFor)):
+                bad.update(_stored_self_attrs(stmt.target))
+            elif isinstance(stmt, (ast.With, ast.AsyncWith)):
+                for item in stmt.items:
+                    if item.optional_vars is not None:
+                        bad.update(_stored_self_attrs(item.optional_vars))
     return frozenset(good - bad)
+
+
+def _may_write(body: list) -> bool:
+    """Statement-level: an augmented or item assignment, or a bare ``x.op_(...)`` call."""
+    for st in _walk_statements(body):
+        if isinstance(st, ast.AugAssign) or (isinstance(st, ast.Assign)
+                                             and any(isinstance(t, ast.Subscript) for t in st.targets)):
+            return True
+        if (isinstance(st, ast.Expr) and isinstance(st.value, ast.Call) and isinstance(st.value.func, ast.Attribute)
+                and st.value.func.attr.endswith("_")):
+            return True
+    return False
+
+
+def _tests_a_none_param(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """A cheap gate: an ``if`` of ``fn`` on a parameter that defaults to None, whose arm
+    that would not run writes something in place."""
+    nones = frozenset(p for p, d in _defaults(fn).items() if isinstance(d, ast.Constant) and d.value is None)
+    if not nones:
+        return False
+    for st in _walk_statements(fn.body):
+        if not isinstance(st, ast.If):
+            continue
+        arm = dead_arm(st.test, nones)
+        if arm is not None and _may_write(st.body if arm == "body" else st.orelse):
+            return True
+    return False
 
 
 def unpassed_none_params(cls: ast.ClassDef) -> dict[str, frozenset[str]]:
     """Private method name -> its ``None``-default parameters no call in the class passes."""
-    private = {fn.name: fn for fn in _methods(cls) if fn.name.startswith("_") and not fn.name.endswith("__")}
+    private = {fn.name: fn for fn in _methods(cls) if fn.name.startswith("_") and not fn.name.endswith("__")
+               and _tests_a_none_param(fn)}
     if not private:
         return {}
     passed: dict[str, set[str]] = {name: set() for name in private}
     called_only = set(private)
     calls: set[int] = set()
-    for node in ast.walk(cls):
+    for node in ast.walk(cls):  # parents come before their children
         if isinstance(node, ast.Call) and _self_attr(node.func) in private:
             name = _self_attr(node.func)
             assert name is not None
@@ -116,10 +161,8 @@ def unpassed_none_params(cls: ast.ClassDef) -> dict[str, frozenset[str]]:
                 continue
             passed[name].update(positional[:len(node.args)])
             passed[name].update(k.arg for k in node.keywords if k.arg is not None)
-    for node in ast.walk(cls):
-        name = _self_attr(node)
-        if name in private and id(node) not in calls:
-            called_only.discard(name)  # used as a value (a callback, getattr): callers unknown
+        elif isinstance(node, ast.Attribute) and id(node) not in calls and _self_attr(node) in private:
+            called_only.discard(node.attr)  # used as a value (a callback, getattr): callers unknown
     out: dict[str, frozenset[str]] = {}
     for name in called_only:
         fn = private[name]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from gradguard._findings.twins import dotted
 from gradguard.lint import tables as T
-from gradguard.lint.ddp import DDP_CLASSES, ddp_model, hazard, merge_forwards, record_forward
+from gradguard.lint.ddp import DDP_CLASSES, ddp_model, hazard, record_forward
 from gradguard.lint.names import _NOGRAD_NAME_RE, _OPTIMIZER_RE, _display, _is_true, data_owner
 from gradguard.lint.values import (
     _OTHER,
@@ -59,7 +59,8 @@ class Analyzer(Protocol):
     def module_ctor(self, call: ast.Call, local: Optional[set[str]] = None) -> Optional[ModuleInfo]: ...
     def function_summary(self, name: str, cls_name: Optional[str] = None) -> Optional[FunctionSummary]: ...
     def note_call(self, name: str, node: ast.Call, args: list[Val], kwargs: dict[Optional[str], Val]) -> None: ...
-    def class_facts(self, cls: ast.ClassDef) -> tuple[frozenset[str], dict[str, frozenset[str]]]: ...
+    def scalar_attrs(self, cls: ast.ClassDef) -> frozenset[str]: ...
+    def never_passed(self, cls: ast.ClassDef, method: str) -> frozenset[str]: ...
 
 
 class ExpressionEvaluator:
@@ -83,8 +84,6 @@ class ExpressionEvaluator:
     dead_saves: int
     no_sync: int  # depth of `with model.no_sync():` blocks
     no_grad: int
-    track_fwd: bool  # the file mentions DistributedDataParallel: carry Val.fwd (see ``ddp``)
-    fwd_frames: list[tuple]
     fwd_seq: int
 
     if TYPE_CHECKING:  # defined by ``statements.ScopeWalker``
@@ -99,23 +98,6 @@ class ExpressionEvaluator:
                          **kw: Any) -> None: ...
 
     def ev(self, node: ast.AST, stmt_level: bool = False) -> Val:
-        if not self.track_fwd:
-            return self._ev(node, stmt_level)
-        frames = self.fwd_frames
-        frames.append(())
-        v = self._ev(node, stmt_level)
-        dep = frames.pop()
-        if v.nograd:  # no graph: it depends on no forward
-            return v.view(fwd=()) if v.fwd else v
-        if dep:
-            merged = merge_forwards(v.fwd, dep)
-            if merged is not v.fwd:
-                v = v.view(fwd=merged)
-        if frames and v.fwd:
-            frames[-1] = merge_forwards(frames[-1], v.fwd)
-        return v
-
-    def _ev(self, node: ast.AST, stmt_level: bool = False) -> Val:
         m = getattr(self, "ev_" + type(node).__name__, None)
         if m is not None:
             if type(node) is ast.Call:
@@ -226,7 +208,7 @@ class ExpressionEvaluator:
             b.reads.append(self.index)
             return b.val
         if d is not None and isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
-            if self.cls is not None and node.attr in self.fa.class_facts(self.cls)[0]:
+            if self.cls is not None and node.attr in self.fa.scalar_attrs(self.cls):
                 v = Val(OTHER, temp=False)  # only ever a Python number (classes.scalar_attrs)
                 self.env[d] = Binding(d, v, -1)
                 return v
@@ -329,11 +311,14 @@ class ExpressionEvaluator:
         func = node.func
         q = self.qual(func)
         recv: Optional[Val] = None
-        alias = _getattr_self_default(node)
-        if alias is not None:
-            return self.ev(alias).view()  # getattr(t, "to_local", lambda: t)(): t, or its local shard
-        int_result = q is not None and q.startswith("torch.") and q.rsplit(".", 1)[-1] in _INT_RESULT or (
-            q is None and isinstance(func, ast.Attribute) and func.attr in _INT_RESULT)
+        if type(func) is ast.Call:
+            alias = _getattr_self_default(node)
+            if alias is not None:
+                return self.ev(alias).view()  # getattr(t, "to_local", lambda: t)(): t, or its local shard
+        if q is None:
+            int_result = type(func) is ast.Attribute and func.attr in _INT_RESULT
+        else:
+            int_result = q.startswith("torch.") and q[q.rfind(".") + 1:] in _INT_RESULT
         self.dead_saves += int_result
         if q is None and isinstance(func, ast.Attribute):
             recv = self.ev(func.value)

@@ -17,6 +17,7 @@ class ModuleScanner:
     # Set by ``analysis.FileAnalyzer``, which these methods are part of.
     tree: ast.Module
     facts: Facts
+    _modules_of_class: dict  # id(ClassDef) -> its ``_class_modules``, computed once
 
     if TYPE_CHECKING:  # defined by ``analysis.FileAnalyzer``
         def qual(self, node: ast.AST, local: Optional[set[str]] = None) -> Optional[str]: ...
@@ -99,7 +100,13 @@ class ModuleScanner:
 
     # -- scopes -----------------------------------------------------------
     def _class_modules(self, cls: ast.ClassDef) -> dict:
-        """``self.<attr> = nn.X(...)`` assignments anywhere in the class."""
+        """``self.<attr> = nn.X(...)`` assignments anywhere in the class (read-only, shared)."""
+        got = self._modules_of_class.get(id(cls))
+        if got is None:
+            got = self._modules_of_class[id(cls)] = self._scan_class_modules(cls)
+        return got
+
+    def _scan_class_modules(self, cls: ast.ClassDef) -> dict:
         found: dict[str, ModuleInfo] = {}
         for fn in cls.body:
             if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):

@@ -62,9 +62,7 @@ class ScopeWalker(ExpressionEvaluator):
         self.branch = []  # (id of an If/Try statement, arm) for each enclosing arm
         self.params: set[str] = set()
         self.no_sync = 0
-        self.track_fwd = self.has_torch and "DistributedDataParallel" in fa.source
-        self.fwd_frames: list[tuple] = []
-        self.fwd_seq = 0
+        self.fwd_seq = 0  # DDP forwards seen (see ``ddp``)
         self.dead_saves = 0  # > 0 inside the operands of an op with an integer result
         self.never_passed: frozenset[str] = frozenset()  # None parameters no call passes (classes)
 
@@ -140,7 +138,7 @@ class ScopeWalker(ExpressionEvaluator):
             (dotted(d) or "") == "staticmethod" for d in fn.decorator_list)
         self.is_method = is_method
         if self.cls is not None:
-            self.never_passed = self.fa.class_facts(self.cls)[1].get(fn.name, frozenset())
+            self.never_passed = self.fa.never_passed(self.cls, fn.name)
         ag_fn = _is_autograd_function(self.cls, self.qual) and fn.name == "forward"
         for i, a in enumerate(all_args):
             self.locals.add(a.arg)
@@ -552,3 +550,28 @@ def item_key(sl: ast.AST) -> object:
 def _aug_text(op: ast.operator) -> str:
     return {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//", ast.Mod: "%",
             ast.Pow: "**"}.get(type(op), "?")
+
+
+class ForwardTrackingWalker(ScopeWalker):
+    """The walker for files that mention ``DistributedDataParallel``: every value also
+    carries, per DDP model, the earliest forward its graph reaches (``Val.fwd``, see
+    ``ddp``) -- from operands to results, dropped where a value cannot require grad."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.fwd_frames: list[tuple] = []  # per expression being evaluated: its operands' forwards
+
+    def ev(self, node: ast.AST, stmt_level: bool = False) -> Val:
+        frames = self.fwd_frames
+        frames.append(())
+        v = super().ev(node, stmt_level)
+        dep = frames.pop()
+        if v.nograd:  # no graph: it depends on no forward
+            return v.view(fwd=()) if v.fwd else v
+        if dep:
+            merged = merge_forwards(v.fwd, dep)
+            if merged is not v.fwd:
+                v = v.view(fwd=merged)
+        if frames and v.fwd:
+            frames[-1] = merge_forwards(frames[-1], v.fwd)
+        return v
