@@ -13,7 +13,7 @@ import re
 from typing import Optional
 
 from gradguard._findings.twins import dotted
-from gradguard.lint.classes import scalar_attrs, unpassed_none_params
+from gradguard.lint.classes import unpassed_none_params
 from gradguard.lint.modules import ModuleScanner
 from gradguard.lint.names import _CONVENTIONAL, _nested_defs, collect_aliases, frameworks_in
 from gradguard.lint.statements import ForwardTrackingWalker, ScopeWalker
@@ -22,7 +22,7 @@ from gradguard.lint.values import Facts, ModuleInfo
 
 # Files where some function may run only with grad disabled (a cheap gate before the
 # whole-file call-site scan of ``summaries.no_grad_only``).
-# setattr(self, name, v): any attribute may hold anything (``classes.scalar_attrs`` is off).
+# setattr(self, name, v): any attribute may hold anything (``classes.ScalarStores`` is off).
 _SETATTR_SELF = re.compile(r"setattr\(\s*self\b")
 _NO_GRAD_GATE = re.compile(r"no_grad|inference_mode|set_grad_enabled|def \w*inference")
 
@@ -41,7 +41,8 @@ class FileAnalyzer(ModuleScanner):
         self.call_sites: dict = {}  # id(top-level FunctionDef) -> [{param: the argument cannot require grad}]
         self._spans: dict = {}  # id(FunctionDef) -> where its facts are, for a re-walk
         self._modules_of_class: dict = {}
-        self._class_facts: dict = {}  # (what, id(ClassDef)) -> scalar attributes | never-passed None parameters
+        self._scalars_of_class: dict = {}
+        self._class_facts: dict = {}  # ("unpassed", id(ClassDef)) -> never-passed None parameters
         self._setattr_self = bool(_SETATTR_SELF.search(source))
         # GG113 follows DDP forwards only where the file names DistributedDataParallel
         self.walker: type[ScopeWalker] = ForwardTrackingWalker if "DistributedDataParallel" in source else ScopeWalker
@@ -60,11 +61,12 @@ class FileAnalyzer(ModuleScanner):
         return f"{base}.{rest}" if rest else base
 
     def scalar_attrs(self, cls: ast.ClassDef) -> frozenset:
-        """``classes.scalar_attrs`` of ``cls``, once (none where the file has ``setattr(self, ...)``)."""
-        key = ("scalars", id(cls))
-        if key not in self._class_facts:
-            self._class_facts[key] = frozenset() if self._setattr_self else scalar_attrs(cls)
-        return self._class_facts[key]
+        """``classes.ScalarStores`` of ``cls``, from its one module scan (none in a file
+        with ``setattr(self, ...)``)."""
+        if self._setattr_self:
+            return frozenset()
+        self._class_modules(cls)  # the same walk notes the scalar attributes
+        return self._scalars_of_class[id(cls)]
 
     def never_passed(self, cls: ast.ClassDef, method: str) -> frozenset:
         """``classes.unpassed_none_params`` of ``cls`` for ``method``, computed once per class."""

@@ -1,7 +1,7 @@
 """Class facts read before a method is walked: which ``self.<attr>`` are plain
 numbers, and which parameters of a private method no call in the class ever passes.
 
-* ``scalar_attrs(cls)``: attributes every assignment in the class sets to a Python
+* ``ScalarStores``: attributes every assignment in the class sets to a Python
   scalar -- a constant, ``int(...)``/``float(...)``/``len(...)``, arithmetic or an
   ``if``-expression of those, or a parameter annotated ``int``/``float``/``bool``/``str``
   (or with a number as its default).  ``self.schedule_spread`` read in another method
@@ -86,31 +86,36 @@ def _stored_self_attrs(target: ast.AST) -> Iterator[str]:
             yield name
 
 
-def scalar_attrs(cls: ast.ClassDef) -> frozenset[str]:
-    """``self.<attr>`` names that only ever hold Python scalars (see the module doc).
-    Statement-level (assignment targets, loop and ``with`` targets), so cheap; the
-    caller rules out files with ``setattr(self, ...)``."""
-    good: set[str] = set()
-    bad: set[str] = set()
-    for fn in _methods(cls):
-        params: Optional[set[str]] = None
-        for stmt in _walk_statements(fn.body):
-            if isinstance(stmt, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
-                for t in stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]:
-                    name = _self_attr(t)
-                    if name is not None and stmt.value is not None:
-                        if params is None:
-                            params = _scalar_params(fn)
-                        (good if _is_scalar(stmt.value, params) else bad).add(name)
-                    elif not isinstance(t, ast.Name):
-                        bad.update(_stored_self_attrs(t))  # `self.a, self.b = ...`: unknown
-            elif isinstance(stmt, (ast.For, ast.AsyncFor)):
-                bad.update(_stored_self_attrs(stmt.target))
-            elif isinstance(stmt, (ast.With, ast.AsyncWith)):
-                for item in stmt.items:
-                    if item.optional_vars is not None:
-                        bad.update(_stored_self_attrs(item.optional_vars))
-    return frozenset(good - bad)
+class ScalarStores:
+    """``self.<attr>`` names that only ever hold Python scalars (see the module doc),
+    noted statement by statement (assignment, loop and ``with`` targets) during the one
+    walk of the class that ``modules.ModuleScanner`` makes; the caller rules out files
+    with ``setattr(self, ...)``."""
+
+    def __init__(self) -> None:
+        self.good: set[str] = set()
+        self.bad: set[str] = set()
+        self._params: Optional[tuple] = None  # (the method, its scalar parameters)
+
+    def note(self, stmt: ast.stmt, fn: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        if isinstance(stmt, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            for t in stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]:
+                name = _self_attr(t)
+                if name is not None and stmt.value is not None:
+                    if self._params is None or self._params[0] is not fn:
+                        self._params = (fn, _scalar_params(fn))
+                    (self.good if _is_scalar(stmt.value, self._params[1]) else self.bad).add(name)
+                elif not isinstance(t, ast.Name):
+                    self.bad.update(_stored_self_attrs(t))  # `self.a, self.b = ...`: unknown
+        elif isinstance(stmt, (ast.For, ast.AsyncFor)):
+            self.bad.update(_stored_self_attrs(stmt.target))
+        elif isinstance(stmt, (ast.With, ast.AsyncWith)):
+            for item in stmt.items:
+                if item.optional_vars is not None:
+                    self.bad.update(_stored_self_attrs(item.optional_vars))
+
+    def result(self) -> frozenset[str]:
+        return frozenset(self.good - self.bad)
 
 
 def _may_write(body: list) -> bool:

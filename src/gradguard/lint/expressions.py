@@ -209,7 +209,7 @@ class ExpressionEvaluator:
             return b.val
         if d is not None and isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
             if self.cls is not None and node.attr in self.fa.scalar_attrs(self.cls):
-                v = Val(OTHER, temp=False)  # only ever a Python number (classes.scalar_attrs)
+                v = Val(OTHER, temp=False)  # only ever a Python number (classes.ScalarStores)
                 self.env[d] = Binding(d, v, -1)
                 return v
             v = Val(MAYBE, Obj(MAYBE, external=True), temp=False, nograd=bool(_NOGRAD_NAME_RE.search(node.attr)))
