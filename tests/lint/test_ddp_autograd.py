@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import inspect
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,9 +42,11 @@ CASES = sorted(n[4:] for n in vars(MOD) if n.startswith("bug_"))
 @pytest.fixture(scope="module", autouse=True)
 def group(tmp_path_factory):
     store = tmp_path_factory.mktemp("gloo") / "store"
+    hook = sys.excepthook
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
     yield
     dist.destroy_process_group()
+    sys.excepthook = hook  # init_process_group installs one that prefixes "[rank0]: " to every traceback
 
 
 @pytest.fixture
