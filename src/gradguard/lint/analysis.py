@@ -13,14 +13,17 @@ import re
 from typing import Optional
 
 from gradguard._findings.twins import dotted
+from gradguard.lint.classes import unpassed_none_params
 from gradguard.lint.modules import ModuleScanner
 from gradguard.lint.names import _CONVENTIONAL, _nested_defs, collect_aliases, frameworks_in
-from gradguard.lint.statements import ScopeWalker
+from gradguard.lint.statements import ForwardTrackingWalker, ScopeWalker
 from gradguard.lint.summaries import FunctionIndex, FunctionSummary, no_grad_only
 from gradguard.lint.values import Facts, ModuleInfo
 
 # Files where some function may run only with grad disabled (a cheap gate before the
 # whole-file call-site scan of ``summaries.no_grad_only``).
+# setattr(self, name, v): any attribute may hold anything (``classes.ScalarStores`` is off).
+_SETATTR_SELF = re.compile(r"setattr\(\s*self\b")
 _NO_GRAD_GATE = re.compile(r"no_grad|inference_mode|set_grad_enabled|def \w*inference")
 
 
@@ -37,6 +40,12 @@ class FileAnalyzer(ModuleScanner):
         self._summaries: dict = {}
         self.call_sites: dict = {}  # id(top-level FunctionDef) -> [{param: the argument cannot require grad}]
         self._spans: dict = {}  # id(FunctionDef) -> where its facts are, for a re-walk
+        self._modules_of_class: dict = {}
+        self._scalars_of_class: dict = {}
+        self._class_facts: dict = {}  # ("unpassed", id(ClassDef)) -> never-passed None parameters
+        self._setattr_self = bool(_SETATTR_SELF.search(source))
+        # GG113 follows DDP forwards only where the file names DistributedDataParallel
+        self.walker: type[ScopeWalker] = ForwardTrackingWalker if "DistributedDataParallel" in source else ScopeWalker
 
     def qual(self, node: ast.AST, local: Optional[set] = None) -> Optional[str]:
         d = dotted(node)
@@ -51,6 +60,21 @@ class FileAnalyzer(ModuleScanner):
             return None
         return f"{base}.{rest}" if rest else base
 
+    def scalar_attrs(self, cls: ast.ClassDef) -> frozenset:
+        """``classes.ScalarStores`` of ``cls``, from its one module scan (none in a file
+        with ``setattr(self, ...)``)."""
+        if self._setattr_self:
+            return frozenset()
+        self._class_modules(cls)  # the same walk notes the scalar attributes
+        return self._scalars_of_class[id(cls)]
+
+    def never_passed(self, cls: ast.ClassDef, method: str) -> frozenset:
+        """``classes.unpassed_none_params`` of ``cls`` for ``method``, computed once per class."""
+        key = ("unpassed", id(cls))
+        if key not in self._class_facts:
+            self._class_facts[key] = unpassed_none_params(cls)
+        return self._class_facts[key].get(method, frozenset())
+
     def run(self) -> Facts:
         fw = self.facts.frameworks
         if not fw:
@@ -64,7 +88,7 @@ class FileAnalyzer(ModuleScanner):
         self._rewalk_with_nograd_arguments()
         return self.facts
 
-    _FACT_LISTS = ("writes", "step_hazards", "ctx_stores", "tape_events")
+    _FACT_LISTS = ("writes", "step_hazards", "ddp_hazards", "ctx_stores", "tape_events")
 
     def note_call(self, name: str, node: ast.Call, args: list, kwargs: dict) -> None:
         """A call ``name(...)`` of a top-level function of this file: which of its
@@ -97,7 +121,7 @@ class FileAnalyzer(ModuleScanner):
             if not nograd:
                 continue
             scratch = Facts(frameworks=self.facts.frameworks)
-            walker = ScopeWalker(self, fn, None, {}, facts=scratch)
+            walker = self.walker(self, fn, None, {}, facts=scratch)
             walker.nograd_params = nograd
             walker.walk_function()
             for name in self._FACT_LISTS:  # the function's facts, replaced (by identity)
@@ -121,7 +145,7 @@ class FileAnalyzer(ModuleScanner):
             return self._summaries[key]
         self._summaries[key] = None  # recursion guard
         scratch = Facts(frameworks=self.facts.frameworks)
-        walker = ScopeWalker(self, fn, cls, self._class_modules(cls) if cls is not None else {}, facts=scratch)
+        walker = self.walker(self, fn, cls, self._class_modules(cls) if cls is not None else {}, facts=scratch)
         walker.walk_function()
         positional = [a.arg for a in list(getattr(fn.args, "posonlyargs", [])) + list(fn.args.args)]
         if walker.is_method and positional:
@@ -144,10 +168,10 @@ class FileAnalyzer(ModuleScanner):
         body = scope.body
         if isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef)):
             before = {n: len(getattr(self.facts, n)) for n in self._FACT_LISTS}
-            ScopeWalker(self, scope, cls, class_modules or {}).walk_function()
+            self.walker(self, scope, cls, class_modules or {}).walk_function()
             self._spans[id(scope)] = {n: {id(x) for x in getattr(self.facts, n)[before[n]:]} for n in self._FACT_LISTS}
         elif isinstance(scope, ast.Module):
-            ScopeWalker(self, scope, None, {}).walk_module()
+            self.walker(self, scope, None, {}).walk_module()
         for stmt in _nested_defs(body):
             if id(scope) in self.no_grad_only and isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 self.no_grad_only.add(id(stmt))  # a helper defined inside a no-grad-only function

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from gradguard._findings.twins import dotted
 from gradguard.lint import tables as T
+from gradguard.lint.ddp import DDP_CLASSES, ddp_model, hazard, record_forward
 from gradguard.lint.names import _NOGRAD_NAME_RE, _OPTIMIZER_RE, _display, _is_true, data_owner
 from gradguard.lint.values import (
     _OTHER,
@@ -58,6 +59,8 @@ class Analyzer(Protocol):
     def module_ctor(self, call: ast.Call, local: Optional[set[str]] = None) -> Optional[ModuleInfo]: ...
     def function_summary(self, name: str, cls_name: Optional[str] = None) -> Optional[FunctionSummary]: ...
     def note_call(self, name: str, node: ast.Call, args: list[Val], kwargs: dict[Optional[str], Val]) -> None: ...
+    def scalar_attrs(self, cls: ast.ClassDef) -> frozenset[str]: ...
+    def never_passed(self, cls: ast.ClassDef, method: str) -> frozenset[str]: ...
 
 
 class ExpressionEvaluator:
@@ -78,6 +81,10 @@ class ExpressionEvaluator:
     class_modules: dict[str, ModuleInfo]
     ctx_name: Optional[str]
     has_torch: bool
+    dead_saves: int
+    no_sync: int  # depth of `with model.no_sync():` blocks
+    no_grad: int
+    fwd_seq: int
 
     if TYPE_CHECKING:  # defined by ``statements.ScopeWalker``
         def qual(self, node: ast.AST) -> Optional[str]: ...
@@ -201,6 +208,10 @@ class ExpressionEvaluator:
             b.reads.append(self.index)
             return b.val
         if d is not None and isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
+            if self.cls is not None and node.attr in self.fa.scalar_attrs(self.cls):
+                v = Val(OTHER, temp=False)  # only ever a Python number (classes.ScalarStores)
+                self.env[d] = Binding(d, v, -1)
+                return v
             v = Val(MAYBE, Obj(MAYBE, external=True), temp=False, nograd=bool(_NOGRAD_NAME_RE.search(node.attr)))
             self.env[d] = Binding(d, v, -1)
             return v
@@ -216,7 +227,7 @@ class ExpressionEvaluator:
             return Val(JAX, base.obj)
         if attr == "grad" and base.kind in (TENSOR, MAYBE):
             # a .grad tensor does not require grad (outside backward(create_graph=True))
-            return Val(MAYBE, Obj(MAYBE, external=True), temp=False, nograd=True)
+            return Val(MAYBE, Obj(MAYBE, external=True), temp=False, nograd=True, gradient=True)
         if base.kind == JAX:
             return self.new(JAX)
         return Val(MAYBE, Obj(MAYBE, external=True), temp=False)
@@ -277,7 +288,9 @@ class ExpressionEvaluator:
         return self.new(v.kind, v.origin, nograd=v.nograd)
 
     def ev_Compare(self, node: ast.Compare) -> Val:
+        self.dead_saves += 1  # a boolean result: no gradient flows into the operands
         vals = [self.ev(node.left)] + [self.ev(c) for c in node.comparators]
+        self.dead_saves -= 1
         if isinstance(node.ops[0], (ast.Is, ast.IsNot, ast.In, ast.NotIn)):
             return _OTHER
         return self.new(TENSOR if any(v.kind == TENSOR for v in vals) else MAYBE, nograd=True)
@@ -298,6 +311,15 @@ class ExpressionEvaluator:
         func = node.func
         q = self.qual(func)
         recv: Optional[Val] = None
+        if type(func) is ast.Call:
+            alias = _getattr_self_default(node)
+            if alias is not None:
+                return self.ev(alias).view()  # getattr(t, "to_local", lambda: t)(): t, or its local shard
+        if q is None:
+            int_result = type(func) is ast.Attribute and func.attr in _INT_RESULT
+        else:
+            int_result = q.startswith("torch.") and q[q.rfind(".") + 1:] in _INT_RESULT
+        self.dead_saves += int_result
         if q is None and isinstance(func, ast.Attribute):
             recv = self.ev(func.value)
         elif q is None:
@@ -309,6 +331,7 @@ class ExpressionEvaluator:
             self.sink += 1
         args = [self.ev(a) for a in node.args]
         kwargs = {k.arg: self.ev(k.value) for k in node.keywords}
+        self.dead_saves -= int_result
         if sink:
             self.sink -= 1
         if q is not None:
@@ -318,10 +341,14 @@ class ExpressionEvaluator:
         # calling a local value: a module instance we know, or anything else
         if callee.module is not None:
             return self._call_module(node, callee.module, args, stmt_level, dotted(func) or "module")
+        if callee.ddp is not None:
+            return self._ddp_forward(node, callee.ddp, args, kwargs)
         if isinstance(func, ast.Name) and func.id not in self.locals:
             if func.id in _SCALAR_BUILTINS:
                 return _OTHER
             if func.id in _PURE_BUILTINS:
+                if args and all(v.kind == OTHER for v in args) and all(v.kind == OTHER for v in kwargs.values()):
+                    return _OTHER  # max(progress, 0.0) of numbers: a number
                 return Val(MAYBE, Obj(MAYBE), origin=_min_origin(*(v.origin for v in args)))
             if self.has_torch:
                 summary = self.fa.function_summary(func.id)
@@ -392,6 +419,9 @@ class ExpressionEvaluator:
             return self._unknown_call(node, args, kwargs)
         if q.startswith("torch.optim.") and short[:1].isupper():
             return Val(OTHER, optimizer=True)
+        if q in DDP_CLASSES:
+            self._unknown_call(node, args, kwargs)
+            return ddp_model(node)
         if q in ("torch.autograd.backward", "torch.autograd.grad") and node.args:
             self._backward(node, node.args[0], args[0] if args else None)
             return self.new(MAYBE)
@@ -479,6 +509,11 @@ class ExpressionEvaluator:
             return self._call_module(node, self.class_modules[m], args, stmt_level, f"self.{m}")
         if recv.module is not None and m == "forward":
             return self._call_module(node, recv.module, args, stmt_level, rd or "module")
+        if recv.ddp is not None:
+            if m == "forward":
+                return self._ddp_forward(node, recv.ddp, args, kwargs)
+            if m in _MODULE_SELF_METHODS:
+                return recv  # model.train(), model.to(device): the same DDP model
         if m == "backward" and self.has_torch:
             if isinstance(func.value, ast.Call) and isinstance(func.value.func, ast.Attribute) \
                     and func.value.func.attr == "scale" and func.value.args:
@@ -608,12 +643,23 @@ class ExpressionEvaluator:
             self.save(out, label, node, output=True, grad_from=[x])
         return out
 
+    def _ddp_forward(self, node: ast.Call, model, args: list, kwargs: dict) -> Val:
+        """``model(x)`` of a ``DistributedDataParallel`` model (see ``ddp``)."""
+        self._unknown_call(node, args, kwargs)
+        self.fwd_seq += 1
+        f = record_forward(model, node, self.fwd_seq, tuple(self.branch), bool(self.no_grad), bool(self.no_sync))
+        return Val(MAYBE, Obj(MAYBE), origin=self.index, nograd=bool(self.no_grad), fwd=(f,) if f.grad else ())
+
     def _backward(self, node: ast.AST, loss_node: ast.AST, loss: Optional[Val]) -> None:
         if loss is None:
             if isinstance(loss_node, ast.Name) and loss_node.id in self.env:
                 loss = self.env[loss_node.id].val
             else:
                 return
+        if loss.fwd:
+            found = hazard(loss, node, tuple(self.branch))
+            if found is not None:
+                self.facts.ddp_hazards.append(found)
         if loss.origin is None:
             return
         here = tuple(self.branch)
@@ -623,6 +669,24 @@ class ExpressionEvaluator:
                 origin_line = self.index_lines.get(loss.origin, 0)
                 self.facts.step_hazards.append(StepHazard(node, label, origin_line, step.lineno, text, step))
                 return
+
+
+# Ops whose result is an integer or boolean tensor: no gradient flows back through them.
+_INT_RESULT = frozenset({"argmax", "argmin", "argsort", "argwhere", "nonzero", "count_nonzero", "bucketize",
+                         "searchsorted", "isnan", "isinf", "isfinite", "isclose", "eq", "ne", "lt", "le", "gt", "ge"})
+
+
+def _getattr_self_default(node: ast.Call) -> Optional[ast.Name]:
+    """``t`` for ``getattr(t, "name", lambda: t)()``: the method's result or ``t`` itself."""
+    f = node.func
+    if (node.args or node.keywords or not isinstance(f, ast.Call) or not isinstance(f.func, ast.Name)
+            or f.func.id != "getattr" or len(f.args) != 3 or f.keywords):
+        return None
+    obj, _name, default = f.args
+    if (isinstance(obj, ast.Name) and isinstance(default, ast.Lambda) and not default.args.args
+            and isinstance(default.body, ast.Name) and default.body.id == obj.id):
+        return obj
+    return None
 
 
 _FACTORIES = frozenset(f"torch.{n}" for n in (

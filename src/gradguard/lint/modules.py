@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Optional
 
 from gradguard._findings.twins import MODULE_INPLACE_ARG
 from gradguard.lint import tables as T
+from gradguard.lint.classes import ScalarStores
 from gradguard.lint.names import _is_true, _walk_statements
 from gradguard.lint.values import Facts, InplaceFlag, ModuleInfo, SequentialHazard
 
@@ -17,6 +18,8 @@ class ModuleScanner:
     # Set by ``analysis.FileAnalyzer``, which these methods are part of.
     tree: ast.Module
     facts: Facts
+    _modules_of_class: dict  # id(ClassDef) -> its ``_class_modules``, computed once
+    _scalars_of_class: dict  # id(ClassDef) -> ``classes.ScalarStores`` result, from the same walk
 
     if TYPE_CHECKING:  # defined by ``analysis.FileAnalyzer``
         def qual(self, node: ast.AST, local: Optional[set[str]] = None) -> Optional[str]: ...
@@ -99,12 +102,20 @@ class ModuleScanner:
 
     # -- scopes -----------------------------------------------------------
     def _class_modules(self, cls: ast.ClassDef) -> dict:
-        """``self.<attr> = nn.X(...)`` assignments anywhere in the class."""
+        """``self.<attr> = nn.X(...)`` assignments anywhere in the class (read-only, shared)."""
+        got = self._modules_of_class.get(id(cls))
+        if got is None:
+            got = self._modules_of_class[id(cls)] = self._scan_class_modules(cls)
+        return got
+
+    def _scan_class_modules(self, cls: ast.ClassDef) -> dict:
         found: dict[str, ModuleInfo] = {}
+        scalars = ScalarStores()
         for fn in cls.body:
             if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
             for node in _walk_statements(fn.body):
+                scalars.note(node, fn)
                 if (isinstance(node, ast.Assign) and len(node.targets) == 1
                         and isinstance(node.value, ast.Call)):
                     t = node.targets[0]
@@ -115,6 +126,7 @@ class ModuleScanner:
                                 found[t.attr] = ModuleInfo("?", False, node.value, None)  # ambiguous
                             else:
                                 found[t.attr] = info
+        self._scalars_of_class[id(cls)] = scalars.result()
         return {k: v for k, v in found.items() if v.cls != "?"}
 
 

@@ -7,6 +7,8 @@ import re
 from typing import Any, Callable, Optional, cast
 
 from gradguard._findings.twins import dotted
+from gradguard.lint.classes import dead_arm
+from gradguard.lint.ddp import merge_forwards
 from gradguard.lint.expressions import Analyzer, ExpressionEvaluator, TapeRecord
 from gradguard.lint.names import _NOGRAD_NAME_RE, _decorated_no_grad, _is_autograd_function, data_owner
 from gradguard.lint.values import (
@@ -59,6 +61,10 @@ class ScopeWalker(ExpressionEvaluator):
         self.index_lines: dict[int, int] = {}
         self.branch = []  # (id of an If/Try statement, arm) for each enclosing arm
         self.params: set[str] = set()
+        self.no_sync = 0
+        self.fwd_seq = 0  # DDP forwards seen (see ``ddp``)
+        self.dead_saves = 0  # > 0 inside the operands of an op with an integer result
+        self.never_passed: frozenset[str] = frozenset()  # None parameters no call passes (classes)
 
     # -- helpers --------------------------------------------------------
     def qual(self, node: ast.AST) -> Optional[str]:
@@ -82,8 +88,14 @@ class ScopeWalker(ExpressionEvaluator):
     def save(self, v: Val, op: str, node: ast.expr, output: bool = False,
              grad_from: Optional[list[Val]] = None) -> None:
         """Record that ``op`` saved ``v`` -- autograd only saves when something it
-        differentiates (``grad_from``, default ``v`` itself) may require grad."""
-        if v.obj is None or v.kind not in (TENSOR, MAYBE) or self.no_grad:
+        differentiates (``grad_from``, default ``v`` itself) may require grad.
+
+        Not recorded: saves of a ``.grad`` tensor (gradient post-processing after
+        backward -- projections, clipping -- builds graphs nothing backpropagates), and
+        saves while evaluating the operand of an op with an integer result
+        (``torch.argmax(torch.abs(u))``, ``torch.exp(x) > 1``): no gradient flows back
+        through it, so the saved tensor is never read."""
+        if v.obj is None or v.kind not in (TENSOR, MAYBE) or self.no_grad or self.dead_saves or v.gradient:
             return
         if all(g.nograd or g.obj is None for g in (grad_from if grad_from is not None else [v])):
             return
@@ -125,6 +137,8 @@ class ScopeWalker(ExpressionEvaluator):
         is_method = self.cls is not None and not any(
             (dotted(d) or "") == "staticmethod" for d in fn.decorator_list)
         self.is_method = is_method
+        if self.cls is not None:
+            self.never_passed = self.fa.never_passed(self.cls, fn.name)
         ag_fn = _is_autograd_function(self.cls, self.qual) and fn.name == "forward"
         for i, a in enumerate(all_args):
             self.locals.add(a.arg)
@@ -208,10 +222,13 @@ class ScopeWalker(ExpressionEvaluator):
                 self.returns.append(self.ev(stmt.value))
         elif isinstance(stmt, ast.If):
             self.ev(stmt.test)
+            dead = dead_arm(stmt.test, self.never_passed) if self.never_passed else None
             self.branch.append((id(stmt), "body"))
-            self.walk_body(stmt.body)
+            if dead != "body":
+                self.walk_body(stmt.body)
             self.branch[-1] = (id(stmt), "orelse")
-            self.walk_body(stmt.orelse)
+            if dead != "orelse":
+                self.walk_body(stmt.orelse)
             self.branch.pop()
         elif isinstance(stmt, ast.While):
             self.ev(stmt.test)
@@ -289,7 +306,7 @@ class ScopeWalker(ExpressionEvaluator):
         self.loop_depth -= 1
 
     def walk_with(self, stmt: ast.With | ast.AsyncWith) -> None:
-        pushed_grad = 0
+        pushed_grad = pushed_sync = 0
         tape = False
         for item in stmt.items:
             ce = item.context_expr
@@ -300,15 +317,19 @@ class ScopeWalker(ExpressionEvaluator):
                 pushed_grad += 1
             elif q.endswith("GradientTape") and (q.startswith("tensorflow") or q == "GradientTape"):
                 tape = True
+            elif isinstance(ce, ast.Call) and isinstance(ce.func, ast.Attribute) and ce.func.attr == "no_sync":
+                pushed_sync += 1
             v = self.ev(ce)
             if item.optional_vars is not None:
                 self.assign(item.optional_vars, Val(OTHER) if tape else v, None)
         self.no_grad += pushed_grad
+        self.no_sync += pushed_sync
         if tape:
             self.tape.append([])
         start = self.index
         self.walk_body(stmt.body)
         self.no_grad -= pushed_grad
+        self.no_sync -= pushed_sync
         if tape:
             self._finish_tape(self.tape.pop(), stmt, start)
 
@@ -453,6 +474,8 @@ class ScopeWalker(ExpressionEvaluator):
             self.mark_tensor(cur)
         if v.origin is not None and (cur.origin is None or v.origin < cur.origin):
             cur.origin = v.origin
+        if v.fwd and not v.nograd:
+            cur.fwd = merge_forwards(cur.fwd, v.fwd)
 
     def _attr_place(self, node: ast.Attribute) -> Val:
         d = dotted(node)
@@ -527,3 +550,28 @@ def item_key(sl: ast.AST) -> object:
 def _aug_text(op: ast.operator) -> str:
     return {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//", ast.Mod: "%",
             ast.Pow: "**"}.get(type(op), "?")
+
+
+class ForwardTrackingWalker(ScopeWalker):
+    """The walker for files that mention ``DistributedDataParallel``: every value also
+    carries, per DDP model, the earliest forward its graph reaches (``Val.fwd``, see
+    ``ddp``) -- from operands to results, dropped where a value cannot require grad."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.fwd_frames: list[tuple] = []  # per expression being evaluated: its operands' forwards
+
+    def ev(self, node: ast.AST, stmt_level: bool = False) -> Val:
+        frames = self.fwd_frames
+        frames.append(())
+        v = super().ev(node, stmt_level)
+        dep = frames.pop()
+        if v.nograd:  # no graph: it depends on no forward
+            return v.view(fwd=()) if v.fwd else v
+        if dep:
+            merged = merge_forwards(v.fwd, dep)
+            if merged is not v.fwd:
+                v = v.view(fwd=merged)
+        if frames and v.fwd:
+            frames[-1] = merge_forwards(frames[-1], v.fwd)
+        return v

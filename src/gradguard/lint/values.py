@@ -95,10 +95,13 @@ class Val:
     module: Optional[ModuleInfo] = None
     optimizer: bool = False
     nograd: bool = False  # cannot require grad: factories, ids/masks, .detach(), int casts
+    gradient: bool = False  # a `.grad` tensor (or an alias): a graph built from it is never backpropagated
     items: Optional[dict] = None  # a list/tuple/dict display: constant index or key -> Val
     leaf: Optional[str] = None  # a leaf that requires grad (or a view of one): how we know
     multi_view: Optional[str] = None  # an output of split/chunk/unbind (one node, several views)
     np_tensor: Optional[Obj] = None  # a NumPy array whose buffer torch.from_numpy shares with this tensor
+    ddp: Optional["DdpModel"] = None  # a DistributedDataParallel model whose forwards broadcast buffers (GG113)
+    fwd: tuple = ()  # DdpForward: per DDP model, the earliest forward this value's graph reaches
 
     def view(self, **changes: Any) -> "Val":  # any of the fields, each with its own type
         """A value sharing this one's tensor object (a view or alias)."""
@@ -148,6 +151,35 @@ class StepHazard:
     step: Optional[ast.AST] = None  # the step call: where the write happens, and where we report
 
 
+@dataclass(eq=False)
+class DdpModel:
+    """``DistributedDataParallel(net)`` built in the scope, buffer broadcast left on."""
+
+    node: ast.Call
+    forwards: list = field(default_factory=list)  # its DdpForward calls, in walk order
+
+
+@dataclass(frozen=True, eq=False)
+class DdpForward:
+    """One forward of a DDP model: its pre-forward hook broadcasts the buffers in place
+    when the forward before it ran with grad enabled and outside ``no_sync()``."""
+
+    key: int  # walk order
+    node: ast.Call
+    model: DdpModel
+    branch: tuple
+    grad: bool  # grad enabled: it builds a graph (which saves the buffers it reads)
+    arms: bool  # grad enabled and outside no_sync(): the next forward broadcasts
+
+
+@dataclass
+class DdpHazard:
+    first: ast.Call  # the forward whose graph the backward needs
+    second: ast.Call  # the later forward whose buffer broadcast overwrites what that graph saved
+    backward: ast.AST
+    model: str
+
+
 @dataclass
 class CtxStore:
     node: ast.stmt  # the statement storing it (an assignment)
@@ -186,6 +218,7 @@ class InplaceFlag:
 class Facts:
     writes: list = field(default_factory=list)
     step_hazards: list = field(default_factory=list)
+    ddp_hazards: list = field(default_factory=list)
     ctx_stores: list = field(default_factory=list)
     tape_events: list = field(default_factory=list)
     sequential: list = field(default_factory=list)

@@ -590,4 +590,75 @@ without grad the values are the same.
                                   f"{hint}", fix)
 
 
+class DdpForwardTwiceBeforeBackward(Rule):
+    code = "GG113"
+    name = "ddp-forward-twice-before-backward"
+    summary = "DistributedDataParallel model called again before the backward of its first forward's loss"
+    doc = """
+## What it does
+Finds a `DistributedDataParallel` model (built in the same function as
+`DistributedDataParallel(net)` / `DDP(net)`, buffer broadcast left on: the default)
+that is called a second time before the `backward()` of a loss built from its first
+call -- the GAN discriminator's `disc(fake)` and `disc(real)` with one combined
+backward, a siamese pair, a loss summed over a loop of forwards.  The finding is at
+the second forward (where the write happens); the message names the first forward
+and the backward.  Not reported: `broadcast_buffers=False` (or
+`forward_sync_buffers=False`), a backward between the forwards, a first forward
+inside `with model.no_sync():`, a loss built only from the last forward, a model
+without DDP.  A second forward under `torch.no_grad()` *is* reported: the first
+forward armed the broadcast, and DDP runs it whatever the grad mode.
+
+## Why is this bad?
+Before each forward that follows a forward with grad enabled, DDP broadcasts the
+module's buffers from rank 0 into every replica, in place.  BatchNorm's
+`running_mean`/`running_var` (and any registered buffer an op multiplies with) were
+saved by the first forward's graph, so the broadcast bumps their version and
+`backward()` raises "one of the variables needed for gradient computation has been
+modified by an inplace operation: [torch.FloatTensor [C]] is at version N; expected
+version N-1" -- on PyTorch 2.6 and later releases until pytorch/pytorch#175851 (which
+preserves the buffers' version counters during the broadcast), and before 1.11.  It
+happens with any world size, one process included.
+
+## Example
+```python
+model = torch.nn.parallel.DistributedDataParallel(disc)
+out_fake = model(fake)
+out_real = model(real)
+loss = bce(out_fake, zeros) + bce(out_real, ones)
+loss.backward()
+```
+
+Use instead:
+```python
+model = torch.nn.parallel.DistributedDataParallel(disc, broadcast_buffers=False)
+out_fake = model(fake)
+out_real = model(real)
+loss = bce(out_fake, zeros) + bce(out_real, ones)
+loss.backward()
+```
+or one forward on the concatenated batch (`model(torch.cat([fake, real]))`, which
+changes BatchNorm's batch statistics), or `backward()` after each forward, or
+BatchNorm converted with `torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)`
+before wrapping (its running statistics are synchronised by the forward itself).
+
+## Fix safety
+No automatic fix: each remedy changes what is computed or synchronised
+(`broadcast_buffers=False` lets the replicas' running statistics drift apart).
+"""
+
+    def check(self, ctx: FileContext) -> Iterator[Diagnostic]:
+        for h in ctx.facts.ddp_hazards:
+            if h.first is h.second:
+                where = "in the previous loop iteration"
+            elif h.first.lineno == h.second.lineno:
+                where = "earlier on this line"
+            else:
+                where = f"at line {h.first.lineno}"
+            yield self.diagnostic(ctx, h.second, f"second forward of DistributedDataParallel model `{h.model}` "
+                                  f"(the first {where}) broadcasts its buffers in place -- BatchNorm running "
+                                  f"stats the first forward's graph saved -- so the backward at line "
+                                  f"{h.backward.lineno} fails: pass `broadcast_buffers=False`, run one forward on "
+                                  f"the concatenated batch, or call `backward()` after each forward")
+
+
 _LEAF_WRITE_KINDS = ("method", "torch_func", "augassign", "inplace_kw", "setitem", "out")
