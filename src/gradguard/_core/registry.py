@@ -155,11 +155,9 @@ class _RecordRef(weakref.ref):
     into the index; ``indexed`` says whether its death is counted (one allocation a saved
     tensor, not two: what survives a save is what makes the garbage collector run)."""
 
-    __slots__ = ("indexed",)
-
-    def __init__(self, rec: SavedRecord, callback: Any) -> None:
-        super().__init__(rec, callback)  # type: ignore[call-arg]  # ref.__init__ takes both
-        self.indexed = False
+    __slots__ = ("indexed",)  # set when indexed; unset (not indexed) until then: no
+    # Python-level __init__, so making one costs what a plain weak reference does
+    indexed: bool
 
 
 class Registry:
@@ -198,7 +196,7 @@ class Registry:
         return bool(self._pending) or self._indexed_live > 0
 
     def _count_dead(self, ref: "_RecordRef") -> None:
-        if ref.indexed:
+        if getattr(ref, "indexed", False):
             with self._lock:
                 self._indexed_live -= 1
 
