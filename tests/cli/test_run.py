@@ -207,6 +207,22 @@ def test_script_exception_keeps_its_traceback(tmp_path, capsys):
     assert f'  File "{script}", line {line_of("RAISE", str(script))}, in load\n' in err
 
 
+def test_an_error_gradguard_cannot_explain_still_prints_as_python_prints_it(tmp_path, capsys):
+    script = write(tmp_path, "nostr.py", '''\
+        class Odd(RuntimeError):
+            def __str__(self):
+                raise ValueError("no str")
+
+
+        raise Odd()
+    ''')
+    python = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert gg(str(script)) == python.returncode == 1
+    err = capsys.readouterr().err
+    assert err.startswith(python.stderr)  # the program's own traceback, unchanged
+    assert "could not check the explanation of an error leaving the session" in err
+
+
 def test_pytorch_own_error_keeps_its_message_and_gets_a_note(tmp_path, capsys):
     script = write(tmp_path, "leaf.py", '''\
         import torch

@@ -251,3 +251,70 @@ def test_protect_reports_it_unrepaired():
     (c,) = session.conflicts
     assert c.kind == "checkpoint-read-mutated" and not c.repaired
     assert torch.equal(grad, micro_batch(_block(), refill))  # the program ran as without us
+
+
+def test_an_optimizer_step_inside_backward_is_not_a_checkpoint_read_conflict():
+    # PyTorch's "optimizer in backward" recipe: each parameter is updated by a gradient
+    # hook during backward, after the region was recomputed: nothing it read changed.
+    def run(guarded: bool):
+        torch.manual_seed(0)
+        l1, l2 = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+
+        def hook(p):
+            with torch.no_grad():
+                p.add_(p.grad, alpha=-0.1)
+            p.grad = None
+
+        for p in [*l1.parameters(), *l2.parameters()]:
+            p.register_post_accumulate_grad_hook(hook)
+        grads = []
+        for _ in range(2):
+            x = torch.ones(2, 4, requires_grad=True)
+            checkpoint(lambda t: l2(torch.relu(l1(t))), x, use_reentrant=False).sum().backward()
+            grads.append(x.grad)
+        return grads
+
+    plain = run(False)
+    with gradguard.detect() as guard:  # raise mode: any report would raise
+        guarded = run(True)
+    assert guard.conflicts == []
+    assert all(torch.equal(a, b) for a, b in zip(plain, guarded))
+
+
+def test_a_known_checkpoint_read_conflict_then_a_restoring_write_adds_nothing():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(4, 4)
+    m = torch.ones(4)
+    session = gradguard.detect(on_conflict="record")
+    with session:
+        for step in range(2):
+            x = torch.randn(2, 4, requires_grad=True)
+            loss = checkpoint(lambda t: (lin(t) * m).sum(), x, use_reentrant=False)
+            m.data.mul_(2)  # MASK-WRITE
+            if step == 1:
+                m.data.div_(2)  # restores the bytes the region read
+            loss.backward()
+    (c,) = session.conflicts
+    assert c.code == "GGR105" and c.write.user_site.line == line_of("MASK-WRITE")
+
+
+def test_naming_the_saver_at_a_write_never_recomputes_a_checkpointed_region():
+    # Under when="write" the report looks for the node that saved the written tensor; a
+    # non-reentrant checkpoint's saved tensors unpack by rerunning the region (and its
+    # BatchNorm): those are never unpacked for a report.
+    def run():
+        torch.manual_seed(0)
+        bn, lin = torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 4)
+        x = torch.randn(8, 4, requires_grad=True)
+        a = x * 1
+        b = a.sin()
+        checkpoint(lambda t: bn(lin(t)), b, use_reentrant=False)
+        a.mul_(2)
+        return int(bn.num_batches_tracked), bn.running_mean.clone()
+
+    stock = run()
+    with gradguard.detect(on_conflict="record", when="write") as session:
+        guarded = run()
+    assert len(session.conflicts) == 1
+    assert guarded[0] == stock[0] == 1
+    assert torch.equal(guarded[1], stock[1])

@@ -303,3 +303,24 @@ def test_gradguard_run_explains_a_custom_function_view_whose_base_was_written(tm
     assert err.count(report) == 2  # the note on the traceback, then the report at exit
     assert err.count(f"SUMMARY: gradguard: function-view-inplace {script}:{write} in <module> "
                      "(Tensor.__setitem__)") == 2
+
+
+def test_writing_a_split_view_after_its_base_keeps_pytorchs_error_type():
+    def f():
+        w = torch.randn(4, requires_grad=True)
+        x = w * 1
+        a, b = x.split(2)
+        x.mul_(2)  # BASE-WRITE
+        a[0] = 3  # VIEW-WRITE
+        return a
+
+    with pytest.raises(RuntimeError) as stock:
+        f()
+    with pytest.raises(RuntimeError) as guarded:
+        with gradguard.detect(on_conflict="record") as session:
+            f()
+    assert type(guarded.value) is type(stock.value)
+    assert str(guarded.value) == str(stock.value)
+    (c,) = session.conflicts
+    assert c.write.user_site.line == line_of("VIEW-WRITE")
+    assert "`x.mul_(2)`" in c.fix  # the earlier write into the base, named

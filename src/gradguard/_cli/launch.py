@@ -125,7 +125,12 @@ def _execute(target: Target, failed: Callable[[BaseException], Any] = lambda exc
     except SystemExit as exc:
         return exit_code_of(exc)
     except BaseException as exc:  # the target's own error: its traceback, as Python prints it
-        failed(exc)
+        try:
+            failed(exc)
+        except Exception as err:  # noqa: BLE001 - ours must not replace the target's error
+            from gradguard._core.runtime import runtime
+
+            runtime.internal_error("the report on the program's error", err)
         print_exception(exc, _short_message(exc))
         return 130 if isinstance(exc, KeyboardInterrupt) else 1
     return 0

@@ -263,13 +263,16 @@ class Runtime:
                 watcher.writes_failed(inner)
         if exc is None:
             return
-        message = str(exc)
-        for needle, kind in WRITE_ERRORS:
-            if needle in message:
-                session = self.innermost()
-                if session is not None:
-                    session.on_write_error(kind, op, exc, args)
-                return
+        try:
+            message = str(exc)
+            for needle, kind in WRITE_ERRORS:
+                if needle in message:
+                    session = self.innermost()
+                    if session is not None:
+                        session.on_write_error(kind, op, exc, args)
+                    return
+        except Exception as err:  # noqa: BLE001 - PyTorch's own error goes on, unexplained
+            self.internal_error("the explanation of PyTorch's error at a write", err)
 
 
 class Watch:

@@ -60,7 +60,7 @@ def labelled(fn: Callable, label: Recomputation) -> Callable:
 class RegionReads:
     """The leaves one checkpointed forward saved (see the module docstring)."""
 
-    __slots__ = ("session", "seen", "records", "reported", "label")
+    __slots__ = ("session", "seen", "records", "reported", "label", "checked")
 
     def __init__(self, session: Any) -> None:  # a DetectSession (this module is its part)
         self.session = session
@@ -69,6 +69,7 @@ class RegionReads:
         self.records: list[SavedRecord] = []
         self.reported: set[int] = set()
         self.label: Optional[Recomputation] = None  # set when the forward ends
+        self.checked: set[int] = set()  # graph tasks (backward calls) already checked
 
     def saw(self, t: torch.Tensor) -> None:
         """A tensor saved inside the region: note it if it is a leaf or a view of one
@@ -140,7 +141,11 @@ def on_enter(session: Any, hooks: Any) -> None:
         return holder
 
     def unpack_hook(holder: Any) -> Any:
-        if reads.records:
+        task = torch._C._current_graph_task_id()
+        if reads.records and task != -1 and task not in reads.checked:
+            # Once per backward, before its recomputation: a write made later in the same
+            # backward (an optimizer step in a gradient hook) is not what it read.
+            reads.checked.add(task)
             reads.check()
         label = reads.label
         if label is None:
@@ -152,6 +157,11 @@ def on_enter(session: Any, hooks: Any) -> None:
         finally:
             _state.during = previous
 
+    # The wrappers share the originals' attribute dicts: checkpoint keeps state on its hook
+    # functions (torch 2.14 sets and deletes `pack_hook._user_hooks` around the region and
+    # marks them `_checkpoint_internal`), which must read the same through either.
+    pack_hook.__dict__ = getattr(pack, "__dict__", {})
+    unpack_hook.__dict__ = getattr(unpack, "__dict__", {})
     hooks.pack_hook, hooks.unpack_hook = pack_hook, unpack_hook
     setattr(hooks, _ATTR, reads)
 

@@ -274,11 +274,26 @@ def _saved_values(fn: Any, prefix: str = "") -> list[Any]:
         if not name.startswith(f"_saved_{prefix}") and name != "saved_tensors":
             continue
         try:
+            raw = "_raw_saved_tensors" if name == "saved_tensors" else "_raw" + name
+            if not _ours(getattr(fn, raw)):
+                continue
             value = getattr(fn, name)
         except Exception:  # noqa: BLE001, S112 - freed, or damaged: not the one asked for
             continue
         out.extend(value if isinstance(value, (tuple, list)) else (value,))
     return out
+
+
+def _ours(raw: Any) -> bool:
+    """Whether every saved tensor in ``raw`` (a `SavedTensor` or a tuple of them) unpacks
+    through a gradguard session's hook: other hooks may do anything when asked (a
+    non-reentrant checkpoint's recomputes its region), so those are never unpacked."""
+    items = raw if isinstance(raw, (tuple, list)) else (raw,)
+    for item in items:
+        hook = getattr(item, "unpack_hook", None)
+        if not getattr(getattr(hook, "__self__", None), "_gradguard_session", False):
+            return False
+    return True
 
 
 def _same_tensor(a: Any, b: torch.Tensor) -> bool:

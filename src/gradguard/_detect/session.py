@@ -105,8 +105,20 @@ def _fingerprint(t: torch.Tensor) -> int:
 
 _UNREADABLE = -1  # never a CRC32 (those are unsigned)
 _SKIPPED = -2  # not taken: the record's conflict was already known (`_known_everywhere`)
+# Records judged at unpack by `_check` (where the shortcut is honoured); a checkpointed
+# region's reads are judged by `gradguard._detect.checkpoint` instead.
+_SHORTCUT_KINDS = frozenset({"saved", "ctx", "checkpoint"})
 _state = intercept.state  # per-thread interception state (`unread` during batch norm)
 _PLAIN = (torch.Tensor, torch.nn.Parameter)  # no subclass whose data_ptr could mislead
+
+
+# A read-only memoryview over raw memory, to CRC a CPU tensor's bytes in place: no copy
+# (a multi-GB weight is read where it lies) and no ctypes array type made per size (which
+# would pile up with varying shapes). Our own prototype: ctypes.pythonapi's shared one
+# is left as it is.
+_memory = ctypes.PYFUNCTYPE(ctypes.py_object, ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int)(
+    ("PyMemoryView_FromMemory", ctypes.pythonapi))
+_READ = 0x100  # PyBUF_READ
 
 
 def _crc(t: torch.Tensor) -> int:
@@ -118,7 +130,7 @@ def _crc(t: torch.Tensor) -> int:
             return _UNREADABLE  # its storage was freed (resized to 0): nothing to read
         if size == 0:
             return 0
-        return zlib.crc32((ctypes.c_char * size).from_address(storage.data_ptr() + start))
+        return zlib.crc32(_memory(storage.data_ptr() + start, size, _READ))
     start, end = byte_range(t)
     if not has_bytes(t, end):
         return _UNREADABLE  # its storage was freed (resized to 0): nothing to read
@@ -129,7 +141,7 @@ def _crc(t: torch.Tensor) -> int:
         if end == start:
             return 0
         base = t.untyped_storage().data_ptr()
-        return zlib.crc32((ctypes.c_char * (end - start)).from_address(base + start))
+        return zlib.crc32(_memory(base + start, end - start, _READ))
     with torch.no_grad():
         flat = t.detach()
         if flat.device.type != "cpu":
@@ -322,7 +334,9 @@ class DetectSession(Session):
         fingerprints and the report are skipped -- the answer would change nothing
         (delivering a known conflict in "record"/"warn" mode is a no-op) -- which is what
         keeps a training loop with the same silent write in every step cheap
-        (`benchmarks/conflict_path.py`)."""
+        (`benchmarks/conflict_path.py`). The price, when taken at a write: no fingerprint
+        of the saved bytes exists, so a later write from another site to the same record
+        in that step is not judged (reported neither way)."""
         if self.on_conflict == "raise" or self.eager or t._version != rec.version:
             return False
         if write is None:
@@ -363,7 +377,7 @@ class DetectSession(Session):
         """Whether an intercepted write changed the bytes ``rec`` saved (the fingerprint
         taken before the first overlapping write differs now); False when none was
         taken or the bytes cannot be read: no claim without evidence."""
-        if rec.checksum is None or rec.checksum == _UNREADABLE:
+        if rec.checksum is None or rec.checksum in (_UNREADABLE, _SKIPPED):
             return False
         return _fingerprint(rec.tensor) != rec.checksum
 
@@ -391,7 +405,8 @@ class DetectSession(Session):
             if rec.checksum is None:
                 if not unmoved:
                     pass
-                elif (not timeline.hits and isinstance(rec.owner, DetectSession)
+                elif (not timeline.hits and rec.kind in _SHORTCUT_KINDS
+                      and isinstance(rec.owner, DetectSession)
                       and rec.owner._known_everywhere(rec, rec.tensor, write)):
                     # Its conflict is known everywhere: no evidence can add to it. Without a
                     # fingerprint, a later write to it cannot be judged: none is reported.
@@ -638,10 +653,12 @@ class DetectSession(Session):
             tensor = TensorInfo(dtype=str(t.dtype), shape=_shape(t), device=str(t.device),
                                 name=name, is_parameter=is_param)
         what = name or found.var
+        # What the origin search found wins (for a write into a view's base it names that
+        # earlier write, not the line PyTorch raised at).
+        fields: dict[str, Any] = {"write_op": op, "write_source": source or None}
+        fields.update(found.facts)
         facts = Facts(kind=kind, what=f"`{what}`" if what else (tensor.short() if tensor else ""),
-                      write_op=op, write_source=source or None,
-                      pytorch_error=message.splitlines()[0] if message else "",
-                      **found.facts)
+                      pytorch_error=message.splitlines()[0] if message else "", **fields)
         node = torch._C._current_autograd_node()
         if node is not None:
             during = _during(type(node).__name__, _state.during)
@@ -666,9 +683,18 @@ class DetectSession(Session):
         """PyTorch's error for a view from split/chunk/unbind (or a custom Function) whose
         base was written in place after the view was made: raised where the view is next
         used, by any op (no write to intercept there), so explained as it leaves the
-        session: the view, the line that made it and the write into its base."""
+        session: the view, the line that made it and the write into its base. Never
+        raises: the user's exception goes on as it is."""
+        if not isinstance(exc, RuntimeError):
+            return
+        try:
+            self._explain_exception(exc)
+        except Exception as err:  # noqa: BLE001 - the error goes on, unexplained
+            runtime.internal_error("the explanation of an error leaving the session", err)
+
+    def _explain_exception(self, exc: RuntimeError) -> None:
         message = str(exc)
-        if (not isinstance(exc, RuntimeError) or origin._BASE_WRITTEN not in message
+        if (origin._BASE_WRITTEN not in message
                 or any("==== gradguard:" in n for n in getattr(exc, "__notes__", ()))):
             return
         kind = next((k for needle, k in WRITE_ERRORS if needle in message), None)
