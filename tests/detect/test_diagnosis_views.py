@@ -324,3 +324,18 @@ def test_writing_a_split_view_after_its_base_keeps_pytorchs_error_type():
     (c,) = session.conflicts
     assert c.write.user_site.line == line_of("VIEW-WRITE")
     assert "`x.mul_(2)`" in c.fix  # the earlier write into the base, named
+
+
+def test_the_base_write_is_named_when_the_error_is_raised_in_the_with_block_itself():
+    # The frame running the `with` block is at the `with` line when the session exits:
+    # the traceback's own line is what counts.
+    w = torch.randn(4, requires_grad=True)
+    with pytest.raises(RuntimeError, match="its base or another view of its base"):
+        with gradguard.detect(on_conflict="record") as s:
+            x = w * 1
+            a, b = x.split(2)  # WITH-SPLIT
+            x.mul_(2)  # WITH-WRITE
+            b.sum()
+    (c,) = s.conflicts
+    assert c.write.user_site.line == line_of("WITH-WRITE")
+    assert c.origin[0].site.line == line_of("WITH-SPLIT")

@@ -444,16 +444,33 @@ def live_user_frames(skip: int = 1) -> list[FrameType]:
     return out
 
 
-def traceback_user_frames(tb: Optional[TracebackType]) -> list[tuple[FrameType, int]]:
-    """The frames of the user's own code an exception passed through, innermost first,
-    each with the line it was at (for reports only: it holds frames)."""
-    out: list[tuple[FrameType, int]] = []
-    while tb is not None and len(out) < MAX_WALK:
+class FrameAt:
+    """A frame as a traceback entry saw it: its own line and instruction, not the frame's
+    current ones (a frame running the `with` block a session exits is at the `with` line by
+    then). Everything else is the frame's."""
+
+    __slots__ = ("frame", "f_lineno", "f_lasti")
+
+    def __init__(self, frame: FrameType, lineno: int, lasti: int) -> None:
+        self.frame = frame
+        self.f_lineno = lineno
+        self.f_lasti = lasti
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.frame, name)
+
+
+def traceback_user_frames(tb: Optional[TracebackType]) -> list[FrameAt]:
+    """The frames of the user's own code an exception passed through, innermost first (at
+    most `MAX_WALK`, the innermost kept), each at the line the traceback records (for
+    reports only: it holds frames)."""
+    out: list[FrameAt] = []
+    while tb is not None:
         code = tb.tb_frame.f_code
         if not _is_internal(code) and not is_library_code(code):
-            out.append((tb.tb_frame, tb.tb_lineno))
+            out.append(FrameAt(tb.tb_frame, tb.tb_lineno, tb.tb_lasti))
         tb = tb.tb_next
-    return out[::-1]
+    return out[::-1][:MAX_WALK]
 
 
 @functools.lru_cache(maxsize=256)

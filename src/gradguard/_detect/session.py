@@ -700,7 +700,7 @@ class DetectSession(Session):
         kind = next((k for needle, k in WRITE_ERRORS if needle in message), None)
         if kind not in ("multi-output-view-inplace", "function-view-inplace"):
             return
-        frames = [f for f, _ in sites.traceback_user_frames(exc.__traceback__)]
+        frames = sites.traceback_user_frames(exc.__traceback__)
         stack = sites.resolve(tuple((f.f_code, f.f_lasti) for f in frames))
         source = stack[0].source if stack else ""
         view = origin.refused_view(frames, source, message)
