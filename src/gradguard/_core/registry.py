@@ -252,15 +252,20 @@ class Registry:
             if not refs:
                 return []
             found = []
+            live = []
             for ref in refs:
                 rec = ref()
                 if rec is not None:
                     found.append(rec)
-            if len(found) < len(refs):
+                    live.append(ref)
+            if len(live) < len(refs):
                 # Drop the dead here: a storage written every step (a weight) would
                 # otherwise collect one dead entry a step until the next sweep.
-                self._index[key] = [ref for ref in refs if ref() is not None]
-                self._indexed_refs -= len(refs) - len(self._index[key])
+                if live:
+                    self._index[key] = live
+                else:
+                    del self._index[key]
+                self._indexed_refs -= len(refs) - len(live)
         return found
 
     def records(self) -> list[SavedRecord]:

@@ -344,9 +344,7 @@ class DetectSession(Session):
             if not isinstance(timeline, _Timeline) or len(timeline.hits) != 1 or not rec.writes:
                 return False
             write = rec.writes[timeline.hits[0]][0]
-        key = (_KIND_OF_RECORD[_record_kind(rec)], write.stack[:1], rec.stack[:1],
-               rec.key if rec.key is not None else storage_key(t), False, False)
-        known = self._built.get(key)
+        known = self._built.get(_raw_key(_KIND_OF_RECORD[_record_kind(rec)], write, rec, t))
         if known is None:
             return False
         seen = self._dedup_keys.get(id(known))
@@ -449,9 +447,7 @@ class DetectSession(Session):
 
         # Deduplicate before building anything: the same write site, save site and storage
         # found again (every step of a training loop) costs a dict lookup, not a report.
-        raw_key = (kind, write.stack[:1] if write is not None else None, rec.stack[:1],
-                   rec.key if rec.key is not None else storage_key(t), repaired,
-                   pending is not None)
+        raw_key = _raw_key(kind, write, rec, t, repaired, pending is not None)
         known = self._built.get(raw_key)
         if known is not None:
             self._deliver(known, fatal=fatal, stock_line=self._stock_line(t, rec, node_name)
@@ -808,6 +804,14 @@ class DetectSession(Session):
         with self._lock:
             if text not in self.coverage_gaps:
                 self.coverage_gaps.append(text)
+
+
+def _raw_key(kind: str, write: Optional[WriteRecord], rec: SavedRecord, t: torch.Tensor,
+             repaired: bool = False, pending: bool = False) -> tuple:
+    """What deduplicates a conflict before anything is built (`DetectSession._built`): its
+    kind, the raw write and save sites, the storage, and how it was found."""
+    return (kind, write.stack[:1] if write is not None else None, rec.stack[:1],
+            rec.key if rec.key is not None else storage_key(t), repaired, pending)
 
 
 def _record_kind(rec: SavedRecord) -> str:
