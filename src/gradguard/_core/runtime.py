@@ -22,6 +22,7 @@ from gradguard._core.registry import (
     WriteRecord,
     byte_range,
     overlaps,
+    saved_span,
     storage_key,
 )
 from gradguard.errors import GradguardError
@@ -85,7 +86,7 @@ class Runtime:
                 # Patches stay, inactive (see intercept's docstring); the entry-point
                 # patches pass through when no session is active.
                 intercept.deactivate()
-                self.registry.sweep()
+                self.registry.sweep_if_large()
 
     def innermost(self) -> Optional[Session]:
         """This thread's innermost active session that saves tensors (`Session.saves`)."""
@@ -200,7 +201,9 @@ class Runtime:
                 continue
             start, end = (0, _storage_nbytes(t)) if freed else byte_range(t)
             if write is None:
-                stack, entry = sites.capture(3, records[0].owner.max_stack, sites.MAX_WALK)
+                # The walk above the writing frame is reused across writes (`capture_save`):
+                # a loop writing every step writes from the same lines.
+                stack, entry = sites.capture_save(3, records[0].owner.max_stack)
             else:
                 stack, entry = write.stack, write.entry
             write = WriteRecord(op, stack, entry, None, start, end, whole)
@@ -216,8 +219,10 @@ class Runtime:
                         hit = True
                     elif whole:
                         hit = rec.tensor is t
+                        if hit:
+                            rec.span = None  # its shape, strides or storage change
                     else:
-                        hit = overlaps(rec.tensor, start, end, t)
+                        hit = overlaps(rec.tensor, start, end, t, saved_span(rec))
                     if rec.writes is None:
                         rec.writes = []
                     rec.writes.append((write, hit))

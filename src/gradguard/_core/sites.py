@@ -174,13 +174,13 @@ def _first_outside(skip: int) -> Tuple[Optional[FrameType], Tuple[CodeType, ...]
     while frame is not None and budget:
         budget -= 1
         code = frame.f_code
-        hit = internal.get(id(code))
-        if hit is None:
-            hit = _is_internal(code)
-        if not hit:
-            return frame, path
-        entry = node.get(id(code))
+        entry = node.get(id(code))  # in the trie: internal code, classified before
         if entry is None:
+            hit = internal.get(id(code))
+            if hit is None:
+                hit = _is_internal(code)
+            if not hit:
+                return frame, path
             if _inner_count >= _MAX_INNER:
                 _inner_root, _inner_count = {}, 0
             _inner_count += 1
@@ -382,7 +382,20 @@ def user_frames_of_other_threads() -> list:
 def called_through(inner: Tuple[CodeType, ...], path_part: str) -> bool:
     """Whether torch code whose file path contains ``path_part`` ran between the user's
     line and the captured point."""
-    return any(path_part in code.co_filename for code in inner)
+    # ``inner`` is one of a few interned paths (`_first_outside`), asked at every write
+    # to a saved tensor: remembered by identity (the value holds it, so the id stays its).
+    key = (id(inner), path_part)
+    hit = _through.get(key)
+    if hit is not None and hit[0] is inner:
+        return hit[1]
+    found = any(path_part in code.co_filename for code in inner)
+    if len(_through) >= 4096:
+        _through.clear()
+    _through[key] = (inner, found)
+    return found
+
+
+_through: dict[tuple[int, str], tuple[Tuple[CodeType, ...], bool]] = {}
 
 
 def source_of(stack: RawStack) -> str:

@@ -810,7 +810,8 @@ def _raw_key(kind: str, write: Optional[WriteRecord], rec: SavedRecord, t: torch
              repaired: bool = False, pending: bool = False) -> tuple:
     """What deduplicates a conflict before anything is built (`DetectSession._built`): its
     kind, the raw write and save sites, the storage, and how it was found."""
-    return (kind, write.stack[:1] if write is not None else None, rec.stack[:1],
+    return (kind, (write.stack[0] if write.stack else None) if write is not None else None,
+            rec.stack[0] if rec.stack else None,
             rec.key if rec.key is not None else storage_key(t), repaired, pending)
 
 
