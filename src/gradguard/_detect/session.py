@@ -270,8 +270,11 @@ class DetectSession(Session):
             rec.inner = entry
             rec.producer = type(grad_fn)
             rec.watcher = self._watcher
+            # The storage key now, while the tensor is in cache: an intercepted write
+            # indexes the records saved before it by their key (`Registry.on_storage`).
+            key = rec.key = storage_key(t)
             unread = _state.unread
-            if unread is not None and storage_key(t) in unread:
+            if unread is not None and key in unread:
                 rec.kind = "unread"  # saved, but backward never reads its values
                 return rec
             self._add(rec)
@@ -382,7 +385,8 @@ class DetectSession(Session):
     def _repaired(self, rec: SavedRecord) -> None:
         """Report a conflict copy-on-write repaired: once per write site and save site."""
         hits = [w for w, hit in rec.writes or () if hit]
-        key = (rec.stack, hits[0].stack if hits else None, rec.kind)
+        key = (sites.stack_key(rec.stack), sites.stack_key(hits[0].stack) if hits else None,
+               rec.kind)
         with self._lock:
             if key in self._repairs_seen:
                 return
@@ -810,8 +814,8 @@ def _raw_key(kind: str, write: Optional[WriteRecord], rec: SavedRecord, t: torch
              repaired: bool = False, pending: bool = False) -> tuple:
     """What deduplicates a conflict before anything is built (`DetectSession._built`): its
     kind, the raw write and save sites, the storage, and how it was found."""
-    return (kind, (write.stack[0] if write.stack else None) if write is not None else None,
-            rec.stack[0] if rec.stack else None,
+    return (kind, sites.site_key(write.stack) if write is not None else None,
+            sites.site_key(rec.stack),
             rec.key if rec.key is not None else storage_key(t), repaired, pending)
 
 

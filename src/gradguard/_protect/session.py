@@ -77,7 +77,8 @@ class ProtectSession(DetectSession):
                          max_stack=max_stack)
         self.copied_bytes = 0
         self.copies = 0
-        self._sites: dict[tuple, list] = {}  # (op, write stack, save stack) -> [count, bytes]
+        # (op, write site, save site) -> [count, bytes, write stack, save stack]
+        self._sites: dict[tuple, list] = {}
         self._copy_lock = threading.Lock()
 
     # -- copy-on-write (the runtime tells the watcher of each write) -----------------------
@@ -144,7 +145,10 @@ class ProtectSession(DetectSession):
                 return
             if nbytes:
                 self.copies += 1
-            site = self._sites.setdefault((write.op, write.stack[:1], rec.stack[:1]), [0, 0])
+            key = (write.op, sites.site_key(write.stack), sites.site_key(rec.stack))
+            site = self._sites.get(key)
+            if site is None:
+                site = self._sites[key] = [0, 0, write.stack[:1], rec.stack[:1]]
             site[0] += 1 if nbytes else 0  # records sharing one copy count once
             site[1] += nbytes
 
@@ -153,7 +157,7 @@ class ProtectSession(DetectSession):
         with self._copy_lock:
             items = list(self._sites.items())
         out = []
-        for (op, write_stack, save_stack), (count, nbytes) in items:
+        for (op, _, _), (count, nbytes, write_stack, save_stack) in items:
             if not count:
                 continue  # only ever shared another site's copy
             write = sites.resolve(write_stack)
