@@ -69,6 +69,28 @@ def test_capture_save_equals_a_full_walk():
     assert _compare(lambda: [next(g) for g in [gen(model, xs)] for _ in xs]) > 30
 
 
+def test_first_frame_outside_torch_is_the_same_with_and_without_the_path_shortcut():
+    torch.manual_seed(0)
+    model = nn.Sequential(Block(), Hooked(), Block())
+    x = torch.randn(3, 4, requires_grad=True)
+    compared = []
+
+    def pack(t):
+        shortcut = sites._first_outside(2)  # from the remembered path where one applies
+        remembered = dict(sites._paths)
+        sites._paths.clear()
+        walked = sites._first_outside(2)
+        sites._paths.update(remembered)
+        assert shortcut[0] is walked[0] and shortcut[1] == walked[1]
+        compared.append(bool(remembered))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        for _ in range(3):  # Dropout's and Mine's dropout share the first frame's site
+            model(x).sum()
+    assert len(compared) > 20 and sum(compared) > 10
+
+
 def test_save_lines_are_exact_under_the_reused_walk():
     model = Block()
     x = torch.randn(3, 4, requires_grad=True)

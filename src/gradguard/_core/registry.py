@@ -87,6 +87,9 @@ class SavedRecord:
         self.span: Optional[tuple[int, int, bool]] = None
 
 
+_STRIDED = torch.strided
+
+
 def storage_key(t: torch.Tensor) -> Optional[int]:
     """Identity of the storage under ``t``, or None when it has no single dense one.
 
@@ -94,10 +97,10 @@ def storage_key(t: torch.Tensor) -> Optional[int]:
     resized to 0 and re-materialised (FSDP) keeps it, and a new allocation landing on the
     bytes a freed storage had gets another. A record holds its tensor, and so its
     storage, alive: the identity cannot be reused while a record needs it."""
-    if t.layout is not torch.strided or t.is_nested:
+    if t.layout is not _STRIDED or t.is_nested:
         return None  # sparse, nested, mkldnn: no byte ranges to compare
     try:
-        return int(t.untyped_storage()._cdata)
+        return t.untyped_storage()._cdata  # an int (the StorageImpl's address)
     except (RuntimeError, NotImplementedError, TypeError, AttributeError):
         return None  # functional/fake tensors, subclasses without storage
 
@@ -283,15 +286,14 @@ class Registry:
             if not refs:
                 return []
             found = []
-            live = []
             for ref in refs:
                 rec = ref()
                 if rec is not None:
                     found.append(rec)
-                    live.append(ref)
-            if len(live) < len(refs):
+            if len(found) < len(refs):
                 # Drop the dead here: a storage written every step (a weight) would
                 # otherwise collect one dead entry a step until the next sweep.
+                live = [ref for ref in refs if ref() is not None]
                 if live:
                     self._index[key] = live
                 else:

@@ -209,7 +209,6 @@ class Runtime:
             write = WriteRecord(op, stack, entry, None, start, end, whole)
             write.storage = freed
             _note_node(write)
-            watched: dict[int, tuple[Session, list[SavedRecord]]] = {}
             intercept.state.busy = True  # our own bookkeeping writes nothing to intercept
             try:
                 for rec in records:
@@ -222,20 +221,29 @@ class Runtime:
                         if hit:
                             rec.span = None  # its shape, strides or storage change
                     else:
-                        hit = overlaps(rec.tensor, start, end, t, saved_span(rec))
-                    if rec.writes is None:
-                        rec.writes = []
-                    rec.writes.append((write, hit))
-                    touched.append(rec)
-                    watcher = rec.watcher
+                        hit = overlaps(rec.tensor, start, end, t, rec.span or saved_span(rec))
+                    writes = rec.writes
+                    if writes is None:
+                        rec.writes = [(write, hit)]
+                    else:
+                        writes.append((write, hit))
+                touched.extend(records)
+                if len(records) == 1:  # the common case: one record, told without grouping
+                    watcher = records[0].watcher
                     if watcher is not None:
-                        group = watched.get(id(watcher))
-                        if group is None:
-                            watched[id(watcher)] = (watcher, [rec])
-                        else:
-                            group[1].append(rec)
-                for watcher, recs in watched.values():
-                    told.append((watcher, watcher.before_writes(write, recs)))
+                        told.append((watcher, watcher.before_writes(write, records)))
+                else:
+                    watched: dict[int, tuple[Session, list[SavedRecord]]] = {}
+                    for rec in records:
+                        watcher = rec.watcher
+                        if watcher is not None:
+                            group = watched.get(id(watcher))
+                            if group is None:
+                                watched[id(watcher)] = (watcher, [rec])
+                            else:
+                                group[1].append(rec)
+                    for watcher, recs in watched.values():
+                        told.append((watcher, watcher.before_writes(write, recs)))
             finally:
                 intercept.state.busy = False
         return (touched, told) if touched else None

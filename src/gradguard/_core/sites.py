@@ -158,15 +158,38 @@ _inner_count = 0
 _MAX_INNER = 100_000
 
 
+# (id(code), instruction) of a first frame -> the torch/gradguard codes from it to the
+# first frame outside them (the interned path): `_first_outside`'s shortcut. The codes are
+# pinned (classified), so ids are not reused.
+_paths: dict[tuple[int, int], Tuple[CodeType, ...]] = {}
+_MAX_PATHS = 4096
+
+
 def _first_outside(skip: int) -> Tuple[Optional[FrameType], Tuple[CodeType, ...]]:
     """The first frame outside torch and gradguard from ``sys._getframe(skip)`` outwards
     (None if none within `MAX_WALK`), and the torch/gradguard code walked to reach it,
     innermost first. ``skip`` counts from this function's own frame."""
     global _inner_root, _inner_count
     try:
-        frame: Optional[FrameType] = sys._getframe(skip)
+        start = sys._getframe(skip)
     except ValueError:  # a thread with fewer Python frames (a TorchScript fork's)
         return None, ()
+    frame: Optional[FrameType] = start
+    # The same call site below the same torch frames as last time? Compare code objects
+    # by identity (no classification, no trie) and check the frame after them is still
+    # outside torch; anything else walks as below.
+    known = _paths.get((id(start.f_code), start.f_lasti))
+    if known is not None:
+        for expected in known:
+            if frame is None or frame.f_code is not expected:
+                break
+            frame = frame.f_back
+        else:
+            if frame is not None:
+                hit = _internal_code.get(id(frame.f_code))
+                if hit is not None and not hit:
+                    return frame, known
+        frame = start
     path: Tuple[CodeType, ...] = ()
     node = _inner_root
     internal = _internal_code
@@ -180,6 +203,10 @@ def _first_outside(skip: int) -> Tuple[Optional[FrameType], Tuple[CodeType, ...]
             if hit is None:
                 hit = _is_internal(code)
             if not hit:
+                if path:
+                    if len(_paths) >= _MAX_PATHS:
+                        _paths.clear()
+                    _paths[(id(start.f_code), start.f_lasti)] = path
                 return frame, path
             if _inner_count >= _MAX_INNER:
                 _inner_root, _inner_count = {}, 0
