@@ -43,3 +43,24 @@ def test_a_metadata_write_to_the_saved_tensor_drops_its_kept_span():
         buf.resize_(8)  # its shape and bytes change: the kept span would be stale
         assert rec.span is None
         del loss
+
+
+def test_writes_elsewhere_leave_saves_queued_and_a_freed_graph_empties_the_queue():
+    reg = runtime.registry
+    x = torch.randn(4, requires_grad=True)
+    other = torch.zeros(4)
+    with gradguard.detect(on_conflict="record") as guard:
+        reg.sweep()
+        h = x.exp()  # ExpBackward0 saves its result, h
+        key = h.untyped_storage()._cdata
+        assert len(reg._pending) == 1 and key not in reg._index
+        other.add_(1)  # nothing saved there: the queue is left as it is
+        assert len(reg._pending) == 1 and key not in reg._index
+        h.data[0] = 5.0  # a silent write into the saved result: found, via its key
+        assert not reg._pending and key in reg._index
+        z = x.sin()  # SinBackward0 saves x: queued, and never written
+        (h.sum() + z.sum()).backward()  # frees the graph: both records die
+        assert len(reg._pending) == 1 and reg.maybe_live()  # a dead reference, queued
+        other.add_(1)
+        assert not reg._pending and not reg.maybe_live()  # later writes cost no lookup
+    assert [c.code for c in guard.conflicts] == ["GGR101"]

@@ -191,12 +191,13 @@ class _RecordRef(weakref.ref):
 class Registry:
     """Live saved records, indexed by storage when a write needs them.
 
-    `add` runs once per saved tensor, so it only appends a weak reference to a queue. The
-    queue is indexed by storage lazily, when an intercepted write needs to look up its
-    storage (or the queue grows long): most records die with their graph before any write
-    happens, and never cost a lookup or a lock. The reference's callback keeps the count of
-    live indexed records exact, which is what
-    lets a write with nothing saved (every optimizer step after backward) return at once.
+    `add` runs once per saved tensor, so it only appends a weak reference to a queue (and
+    the storage key to a set). The queue is indexed by storage lazily, when an intercepted
+    write to a storage that something queued is on needs it (or the queue grows long): most
+    records die with their graph before any such write happens, and never cost a lookup or
+    a lock. The reference's callback keeps the count of live indexed records exact, which
+    is what lets a write with nothing saved (every optimizer step after backward) return
+    at once.
     Thread-safe: unpack and graph teardown run on autograd worker threads.
     """
 
@@ -207,14 +208,26 @@ class Registry:
         # Reentrant: a record can die (and its callback take the lock) while we hold it.
         self._lock = threading.RLock()
         self._pending: deque[_RecordRef] = deque()
+        # The storage keys of what is pending (a superset: cleared with the queue): a
+        # write to any other storage needs no indexing (BatchNorm's `num_batches_tracked`
+        # and residual `+=` in forward touch nothing saved).
+        self._pending_keys: set[int] = set()
         self._index: dict[int, list[_RecordRef]] = {}
         self._indexed_live = 0
         self._indexed_refs = 0  # dead ones included, until a sweep
         self._on_dead = self._count_dead
 
     def add(self, rec: SavedRecord) -> None:
+        key = rec.key
+        if key is None:
+            key = rec.key = storage_key(rec.tensor)
+            if key is None:
+                return  # no dense storage: no write can be matched to it
         pending = self._pending
         pending.append(_RecordRef(rec, self._on_dead))
+        # After the append: a drain in between leaves a stale key (a needless drain
+        # later), never a queued record whose key is missing.
+        self._pending_keys.add(key)
         if len(pending) > self._DRAIN_AT:
             with self._lock:
                 self._drain()
@@ -231,6 +244,7 @@ class Registry:
     def _drain(self) -> None:
         pending = self._pending
         index = self._index
+        self._pending_keys.clear()  # before the queue empties: see `add`
         while True:
             try:
                 ref = pending.popleft()
@@ -280,8 +294,16 @@ class Registry:
     def on_storage(self, key: int) -> list[SavedRecord]:
         """Live records whose tensor lies in the storage ``key``."""
         with self._lock:
-            if self._pending:
-                self._drain()
+            pending = self._pending
+            if pending:
+                if key in self._pending_keys:
+                    self._drain()
+                else:
+                    # Nothing pending is on this storage; drop the dead at the head, so
+                    # that once a graph is freed the queue empties and `maybe_live` says
+                    # so (an optimizer step's writes then cost no lookup).
+                    while pending and pending[0]() is None:
+                        pending.popleft()
             refs = self._index.get(key)
             if not refs:
                 return []

@@ -250,6 +250,11 @@ class DetectSession(Session):
     def pack(self, t: torch.Tensor) -> Any:
         # Once per saved tensor: the hottest path gradguard has (kept to one call deep).
         try:
+            unread = _state.unread
+            if unread is not None and t.grad_fn is None and storage_key(t) in unread:
+                # Saved, but backward never reads its values (a training-mode batch norm's
+                # running statistics): held as PyTorch holds it, with nothing to check.
+                return t
             stack, entry = capture_save(2, self._save_stack)  # entry: torch code that saved
             try:
                 version = t._version
@@ -257,7 +262,6 @@ class DetectSession(Session):
                 return t
             # Leaves are held as themselves (as PyTorch does); other tensors detached, since
             # an output saved by its own node would otherwise form an uncollectable cycle.
-            # The storage key is computed lazily, if a write ever needs to look it up.
             grad_fn = t.grad_fn  # None exactly for leaves
             if grad_fn is None:
                 rec = SavedRecord(t, version, None, self, stack)
@@ -271,12 +275,8 @@ class DetectSession(Session):
             rec.producer = type(grad_fn)
             rec.watcher = self._watcher
             # The storage key now, while the tensor is in cache: an intercepted write
-            # indexes the records saved before it by their key (`Registry.on_storage`).
-            key = rec.key = storage_key(t)
-            unread = _state.unread
-            if unread is not None and key in unread:
-                rec.kind = "unread"  # saved, but backward never reads its values
-                return rec
+            # looks up the records on its storage by it (`Registry.on_storage`).
+            rec.key = storage_key(t)
             self._add(rec)
             if self.checksum:
                 rec.checksum = _fingerprint(t)
@@ -289,8 +289,6 @@ class DetectSession(Session):
         if not isinstance(rec, SavedRecord):
             return rec
         t = rec.tensor
-        if rec.kind == "unread":
-            return t
         source = rec.source
         if source is not None:
             original = source()
