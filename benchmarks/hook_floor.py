@@ -1,6 +1,6 @@
 """How much of detect()'s overhead is the price of saved-tensor hooks as such.
 
-Five conditions, one model and optimizer each (same seed), interleaved step by step in one
+Six conditions, one model and optimizer each (same seed), interleaved step by step in one
 process, the order rotated each round:
 
     plain       the training step as is
@@ -12,6 +12,9 @@ process, the order rotated each round:
     detect      inside ``gradguard.detect()``
     no-sites    ``gradguard.detect()`` with the save-site walk replaced by an empty stack
                 (an ablation, not a mode: its reports would name no save line)
+    c-stacks    ``gradguard.detect()`` with the walk replaced by PyTorch's C++ capture of
+                the whole Python stack (``torch._C._profiler.gather_traceback``; an
+                ablation: it keeps no code objects, so no report could be built from it)
 
 A step is forward, loss, ``backward()``, ``AdamW.step()``, ``zero_grad()``; each session or
 hook context is entered and left every step, as in ``overhead.py``. Printed: the median
@@ -57,9 +60,9 @@ def _unpack(rec: _Minimal) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _no_sites() -> Iterator[None]:
+def _sites_replaced(capture: Callable[[int, int], Any]) -> Iterator[None]:
     real = detect_session.capture_save
-    detect_session.capture_save = lambda skip, limit: ((), ())
+    detect_session.capture_save = capture
     try:
         with gradguard.detect():
             yield
@@ -67,12 +70,16 @@ def _no_sites() -> Iterator[None]:
         detect_session.capture_save = real
 
 
+_gather = torch._C._profiler.gather_traceback
+
+
 CONDITIONS: Dict[str, Callable[[], Any]] = {
     "plain": contextlib.nullcontext,
     "identity": lambda: torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t),
     "minimal": lambda: torch.autograd.graph.saved_tensors_hooks(_pack, _unpack),
     "detect": lambda: gradguard.detect(),
-    "no-sites": _no_sites,
+    "no-sites": lambda: _sites_replaced(lambda skip, limit: ((), ())),
+    "c-stacks": lambda: _sites_replaced(lambda skip, limit: (_gather(True, False, False), ())),
 }
 
 
