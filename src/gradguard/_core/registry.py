@@ -253,11 +253,7 @@ class Registry:
             rec = ref()
             if rec is None:
                 continue
-            if rec.key is None:
-                rec.key = storage_key(rec.tensor)
-                if rec.key is None:
-                    continue
-            bucket = index.get(rec.key)
+            bucket = index.get(rec.key)  # set by `add`
             if bucket is None:
                 bucket = index[rec.key] = []
             bucket.append(ref)  # the same reference: one per record, its callback counts

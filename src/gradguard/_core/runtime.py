@@ -221,29 +221,15 @@ class Runtime:
                         if hit:
                             rec.span = None  # its shape, strides or storage change
                     else:
-                        hit = overlaps(rec.tensor, start, end, t, rec.span or saved_span(rec))
+                        hit = overlaps(rec.tensor, start, end, t, saved_span(rec))
                     writes = rec.writes
                     if writes is None:
                         rec.writes = [(write, hit)]
                     else:
                         writes.append((write, hit))
                 touched.extend(records)
-                if len(records) == 1:  # the common case: one record, told without grouping
-                    watcher = records[0].watcher
-                    if watcher is not None:
-                        told.append((watcher, watcher.before_writes(write, records)))
-                else:
-                    watched: dict[int, tuple[Session, list[SavedRecord]]] = {}
-                    for rec in records:
-                        watcher = rec.watcher
-                        if watcher is not None:
-                            group = watched.get(id(watcher))
-                            if group is None:
-                                watched[id(watcher)] = (watcher, [rec])
-                            else:
-                                group[1].append(rec)
-                    for watcher, recs in watched.values():
-                        told.append((watcher, watcher.before_writes(write, recs)))
+                for watcher, recs in _by_watcher(records):
+                    told.append((watcher, watcher.before_writes(write, recs)))
             finally:
                 intercept.state.busy = False
         return (touched, told) if touched else None
@@ -367,6 +353,24 @@ def _patch_entry_points(patches: patching.Patches) -> None:
     saved_tensor = torch._C._autograd.SavedTensor
     patches.replace(saved_tensor, "register_hooks",
                     patching.around(saved_tensor, "register_hooks", on_register_hooks))
+
+
+def _by_watcher(records: list[SavedRecord]) -> list[tuple[Session, list[SavedRecord]]]:
+    """The records' watchers, each with its records, in first-seen order (records without
+    one left out). One record, the common case, is answered without grouping."""
+    if len(records) == 1:
+        watcher = records[0].watcher
+        return [] if watcher is None else [(watcher, records)]
+    groups: dict[int, tuple[Session, list[SavedRecord]]] = {}
+    for rec in records:
+        watcher = rec.watcher
+        if watcher is not None:
+            group = groups.get(id(watcher))
+            if group is None:
+                groups[id(watcher)] = (watcher, [rec])
+            else:
+                group[1].append(rec)
+    return list(groups.values())
 
 
 def _note_node(write: WriteRecord) -> None:

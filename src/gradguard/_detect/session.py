@@ -274,10 +274,7 @@ class DetectSession(Session):
             rec.inner = entry
             rec.producer = type(grad_fn)
             rec.watcher = self._watcher
-            # The storage key now, while the tensor is in cache: an intercepted write
-            # looks up the records on its storage by it (`Registry.on_storage`).
-            rec.key = storage_key(t)
-            self._add(rec)
+            self._add(rec)  # takes its storage key now, while the tensor is in cache
             if self.checksum:
                 rec.checksum = _fingerprint(t)
             return rec
